@@ -1,0 +1,185 @@
+"""ONNX Runtime sessions: provider choice, batch handling and the run loop."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l0tre_core.errors import EnvironmentProblem, ModelError, UsageError
+from l0tre_core.registry import BackendOptions
+from l0tre_onnxruntime.graph import declared_shape, graph_inputs, make_batch_symbolic, read_model
+
+CHECK_BATCH = 3
+
+
+def check_single_ort_install() -> None:
+    """Refuse to run when both onnxruntime wheels are installed: they overwrite each other's files."""
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.version(dist)
+            found.append(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(found) == 2:
+        raise EnvironmentProblem(
+            "both onnxruntime and onnxruntime-gpu are installed and break each other",
+            hint="pip uninstall -y onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu (GPU) or onnxruntime (CPU)",
+        )
+
+
+def _providers(device: str, available: list[str]) -> list[Any]:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
+    cuda_ok = "CUDAExecutionProvider" in available
+    if device == "cuda" and not cuda_ok:
+        raise EnvironmentProblem(
+            "--device cuda was asked for but this onnxruntime has no CUDA provider",
+            hint="install the GPU stack: pip install 'l0tre[gpu]' (see the README), or use --device cpu",
+        )
+    if device == "cpu" or not cuda_ok:
+        return ["CPUExecutionProvider"]
+    cuda_opts = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested", "use_tf32": 0}
+    return [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+
+
+@dataclass
+class OrtRuntime:
+    session: Any
+    input_name: str
+    input_shape: tuple[Any, ...]
+    output_name: str
+    output_shape: tuple[Any, ...]
+    providers: list[str]
+    batching: str
+    onnx_model: Any
+    metadata: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, batch: Any) -> np.ndarray:
+        if type(batch).__module__.startswith("cupy"):
+            return self._run_device(batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.batching == "loop":
+            outs = [self.session.run([self.output_name], {self.input_name: x[i : i + 1]})[0] for i in range(len(x))]
+            return np.concatenate(outs).reshape(len(x), -1).astype(np.float32, copy=False)
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return np.asarray(out, np.float32).reshape(len(x), -1)
+
+    def _run_device(self, batch: Any) -> np.ndarray:
+        """A CuPy batch: bound in place on the GPU when the session runs on CUDA."""
+        import cupy
+
+        if "CUDAExecutionProvider" not in self.providers or self.batching == "loop":
+            return self.run(cupy.asnumpy(batch))
+        x = cupy.ascontiguousarray(batch, dtype=cupy.float32)
+        # ORT's stream does not wait for CuPy's: finish writing the batch before ORT reads it.
+        cupy.cuda.get_current_stream().synchronize()
+        binding = self.session.io_binding()
+        binding.bind_input(
+            self.input_name, "cuda", x.device.id, np.float32, tuple(x.shape), x.data.ptr
+        )
+        binding.bind_output(self.output_name, "cpu")
+        self.session.run_with_iobinding(binding)
+        out = binding.copy_outputs_to_cpu()[0]
+        return np.asarray(out, np.float32).reshape(len(x), -1)
+
+
+def _pick(values: list[Any], wanted: str | None, what: str, flag: str) -> Any:
+    if wanted is not None:
+        for v in values:
+            if v.name == wanted:
+                return v
+        names = ", ".join(v.name for v in values)
+        raise UsageError(f"the model has no {what} named {wanted!r} (it has: {names})")
+    if len(values) != 1:
+        names = ", ".join(v.name for v in values)
+        raise ModelError(f"the model has {len(values)} {what}s ({names}); choose one with {flag}")
+    return values[0]
+
+
+def _session(ort: Any, model_bytes: bytes, providers: list[Any], threads: int) -> Any:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=so, providers=providers)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load the model: {msg}") from None
+
+
+def load_runtime(path: Path, options: BackendOptions) -> OrtRuntime:
+    check_single_ort_install()
+    import onnxruntime as ort
+
+    model = read_model(path)
+    inp = _pick(graph_inputs(model), options.input_name, "input", "--input-name")
+    outp = _pick(list(model.graph.output), options.output_name, "output", "--output-name")
+    elem = inp.type.tensor_type.elem_type
+    if elem != 1:  # FLOAT
+        raise ModelError(f"the input {inp.name!r} is not float32 (ONNX element type {elem}); l0tre feeds float32 images")
+    in_shape = declared_shape(inp)
+    out_shape = declared_shape(outp)
+    if not in_shape:
+        raise ModelError(f"the input {inp.name!r} has no declared shape; export the model with input shapes")
+    providers = _providers(options.device, ort.get_available_providers())
+    metadata = {p.key: p.value for p in model.metadata_props}
+    notes: list[str] = []
+    batching = "native"
+    session = None
+    fixed_batch = isinstance(in_shape[0], int)
+    if fixed_batch and in_shape[0] != 1:
+        raise ModelError(f"the input {inp.name!r} has a fixed batch of {in_shape[0]}; export it with batch 1 or a dynamic batch")
+    if fixed_batch:
+        rewritten = make_batch_symbolic(model, inp.name, outp.name)
+        try:
+            candidate = _session(ort, rewritten.SerializeToString(), providers, options.threads)
+            if _same_as_single_runs(candidate, _session(ort, model.SerializeToString(), providers, options.threads), inp.name, outp.name, in_shape):
+                session, batching = candidate, "rewritten"
+                notes.append("the model's fixed batch of 1 was made symbolic (checked against single runs)")
+        except ModelError:
+            session = None
+        if session is None:
+            batching = "loop"
+            notes.append("the model's fixed batch of 1 could not be made symbolic; inputs run one at a time (slow)")
+            warnings.warn(notes[-1], stacklevel=2)
+    if session is None:
+        session = _session(ort, model.SerializeToString(), providers, options.threads)
+    used = list(session.get_providers())
+    wanted_cuda = any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers)
+    if wanted_cuda and "CUDAExecutionProvider" not in used:
+        if options.device == "cuda":
+            raise EnvironmentProblem(
+                "the CUDA provider failed to start (CUDA or cuDNN libraries missing?)",
+                hint="check `python -c 'import onnxruntime; onnxruntime.preload_dlls()'`, or use --device cpu",
+            )
+        notes.append("the CUDA provider failed to start; running on the CPU")
+    return OrtRuntime(
+        session=session,
+        input_name=inp.name,
+        input_shape=in_shape,
+        output_name=outp.name,
+        output_shape=out_shape,
+        providers=used,
+        batching=batching,
+        onnx_model=model,
+        metadata=metadata,
+        notes=notes,
+    )
+
+
+def _same_as_single_runs(batched: Any, single: Any, in_name: str, out_name: str, in_shape: tuple[Any, ...]) -> bool:
+    rng = np.random.default_rng(0)
+    x = rng.random((CHECK_BATCH, *in_shape[1:]), dtype=np.float32)
+    try:
+        got = batched.run([out_name], {in_name: x})[0]
+        want = np.concatenate([single.run([out_name], {in_name: x[i : i + 1]})[0] for i in range(CHECK_BATCH)])
+    except Exception:
+        return False
+    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5))

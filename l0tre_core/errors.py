@@ -1,0 +1,67 @@
+"""The errors l0tre reports to users.
+
+Every failure a user can cause (a bad file, a wrong flag, a missing GPU) is one of these; the CLI
+prints its message on one line and exits with its code. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class L0treError(Exception):
+    """Base of the errors that reach the user as one line and an exit code."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.hint})" if self.hint else base
+
+
+class UsageError(L0treError):
+    """Options that make no sense together or values out of their domain."""
+
+    exit_code = 2
+
+
+class ModelError(L0treError):
+    """The model file cannot be loaded or does not fit the model card."""
+
+    exit_code = 3
+
+
+class CardError(ModelError):
+    """The model card is contradictory or cannot be resolved."""
+
+
+class DataError(L0treError):
+    """The data cannot be read or does not fit the model."""
+
+    exit_code = 3
+
+
+class PluginError(L0treError):
+    """A plugin failed to load or two plugins claim the same name."""
+
+    exit_code = 3
+
+
+class EnvironmentProblem(L0treError):
+    """The machine cannot do what was asked (no usable GPU, conflicting packages)."""
+
+    exit_code = 4
+
+
+class CheckpointError(L0treError):
+    """A checkpoint is corrupt or belongs to another run."""
+
+    exit_code = 3
+
+
+class Interrupted(L0treError):
+    """The run was stopped by a signal after saving what it had."""
+
+    exit_code = 130

@@ -1,0 +1,203 @@
+"""A classifier as the engine sees it: canonical data-space inputs in, class scores out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from l0tre_core.card import ModelCard, metadata_fields, read_sidecar, resolve_card
+from l0tre_core.errors import CardError, ModelError, UsageError
+from l0tre_core.geometry import Geometry, geometry_for, infer_layout
+from l0tre_core.registry import BackendOptions, Runtime
+
+DEFAULT_BATCH = 256
+
+
+def array_module(x: Any) -> Any:
+    """NumPy, or CuPy for a CuPy array, without importing CuPy here."""
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        import sys
+
+        return sys.modules["cupy"]
+    return np
+
+
+@dataclass
+class Classifier:
+    """A runtime plus its card: maps canonical ``[N, P, C]`` data-space batches to outputs.
+
+    ``evaluations`` counts every input the model has been run on through this object.
+    """
+
+    runtime: Runtime
+    card: ModelCard
+    geometry: Geometry
+    n_classes: int
+    path: Path | None = None
+    batch_size: int = DEFAULT_BATCH
+    onnx_model: Any = None  # onnx.ModelProto, for bound propagation
+    evaluations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        c = self.geometry.n_channels
+        self._mean = _per_channel(self.card.mean, c, "mean", 0.0)
+        self._std = _per_channel(self.card.std, c, "std", 1.0)
+
+    @property
+    def normalised(self) -> bool:
+        return self.card.mean is not None or self.card.std is not None
+
+    def model_input(self, xc: Any) -> Any:
+        """Canonical data space to the tensor the model takes (normalisation, then layout)."""
+        xp = array_module(xc)
+        x = xc.astype(xp.float32, copy=False)
+        if self.normalised:
+            x = (x - xp.asarray(self._mean)) / xp.asarray(self._std)
+        return self.geometry.to_model(x)
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``scale, shift`` with model value = scale * data value + shift."""
+        scale = (1.0 / self._std).astype(np.float64)
+        return scale, -self._mean.astype(np.float64) * scale
+
+    def outputs(self, xc: Any) -> np.ndarray:
+        """Raw model outputs ``[N, K]`` (logits or probabilities, as the card says), chunked."""
+        n = xc.shape[0]
+        if n == 0:
+            return np.zeros((0, self.n_classes), np.float32)
+        parts = []
+        for start in range(0, n, self.batch_size):
+            chunk = xc[start : start + self.batch_size]
+            parts.append(np.asarray(self.runtime.run(self.model_input(chunk)), dtype=np.float32))
+        self.evaluations += n
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return out.reshape(n, -1)
+
+    def predict(self, xc: Any) -> np.ndarray:
+        return np.argmax(self.outputs(xc), axis=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path) if self.path else None,
+            "input": {"name": self.runtime.input_name, "shape": _dims(self.runtime.input_shape)},
+            "output": {"name": self.runtime.output_name, "shape": _dims(self.runtime.output_shape)},
+            "classes": self.n_classes,
+            "geometry": self.geometry.to_dict(),
+            "card": self.card.to_dict(),
+            "providers": list(self.runtime.providers),
+            "batching": self.runtime.batching,
+            "notes": list(self.runtime.notes) + list(self.notes),
+        }
+
+
+def _dims(shape: tuple[Any, ...]) -> list[Any]:
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+
+def _per_channel(values: tuple[float, ...] | None, channels: int, name: str, default: float) -> np.ndarray:
+    if values is None:
+        return np.full(channels, default, np.float32)
+    if len(values) == 1:
+        return np.full(channels, values[0], np.float32)
+    if len(values) != channels:
+        raise CardError(f"--{name} has {len(values)} values but the model's pixels have {channels} channels")
+    return np.asarray(values, np.float32)
+
+
+def infer_card_fields(runtime: Runtime, onnx_model: Any) -> dict[str, Any]:
+    """What the graph itself suggests: layout from the input shape, output kind from the last node."""
+    out: dict[str, Any] = {}
+    layout = infer_layout(runtime.input_shape)
+    if layout is not None:
+        out["layout"] = layout
+    if onnx_model is not None:
+        producers = {
+            node.output[0]: node.op_type for node in onnx_model.graph.node if node.output
+        }
+        op = producers.get(runtime.output_name)
+        out["output"] = "probs" if op == "Softmax" else "logits"
+    return out
+
+
+def build_classifier(
+    runtime: Runtime,
+    *,
+    path: Path | None,
+    onnx_model: Any,
+    metadata: Mapping[str, str],
+    card_flags: Mapping[str, Any],
+    batch_size: int | None = None,
+) -> Classifier:
+    """Resolve the card for ``runtime`` and wrap it as a ``Classifier``."""
+    sidecar = read_sidecar(path) if path is not None else {}
+    card = resolve_card(
+        flags=card_flags,
+        sidecar=sidecar,
+        metadata=metadata_fields(metadata),
+        inferred=infer_card_fields(runtime, onnx_model),
+    )
+    geometry = geometry_for(runtime.input_shape, card.layout, card.channels)
+    out_dims = [d for d in runtime.output_shape[1:]]
+    k = math.prod(d for d in out_dims if isinstance(d, int)) if out_dims else 0
+    if not out_dims or not all(isinstance(d, int) for d in out_dims) or k < 2:
+        raise ModelError(
+            f"the output {runtime.output_name!r} has shape {_dims(runtime.output_shape)}; "
+            "l0tre needs a classifier with one score per class ([N, K], K >= 2)"
+        )
+    if card.classes is not None and len(card.classes) != k:
+        raise CardError(f"the card names {len(card.classes)} classes but the model outputs {k} scores")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    clf = Classifier(
+        runtime=runtime,
+        card=card,
+        geometry=geometry,
+        n_classes=k,
+        path=path,
+        batch_size=batch_size or DEFAULT_BATCH,
+        onnx_model=onnx_model,
+    )
+    return clf
+
+
+def load_model(
+    path: str | Path | None = None,
+    *,
+    card: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    backend: str = "onnxruntime",
+    input_name: str | None = None,
+    output_name: str | None = None,
+    host: Any = None,
+) -> Classifier:
+    """Load a model file (the embedded demo when ``path`` is None) with its resolved card."""
+    from l0tre_core.demo import demo_model_path
+    from l0tre_core.plugins import create_host
+
+    host = host or create_host()
+    backends = host.registry("backends")
+    if backend not in backends:
+        known = ", ".join(sorted(backends)) or "none installed"
+        raise UsageError(f"unknown backend {backend!r} (known: {known})")
+    model_path = Path(path) if path is not None else demo_model_path()
+    if not model_path.exists():
+        raise ModelError(f"model file not found: {model_path}")
+    if model_path.is_dir():
+        raise ModelError(f"{model_path} is a folder, not an ONNX model file")
+    options = BackendOptions(device=device, input_name=input_name, output_name=output_name)
+    runtime = backends[backend].load(model_path, options)
+    return build_classifier(
+        runtime,
+        path=model_path,
+        onnx_model=getattr(runtime, "onnx_model", None),
+        metadata=getattr(runtime, "metadata", {}),
+        card_flags=card or {},
+        batch_size=batch_size,
+    )
