@@ -66,6 +66,28 @@ class Classifier:
         scale = (1.0 / self._std).astype(np.float64)
         return scale, -self._mean.astype(np.float64) * scale
 
+    def encoder(self, unit: str = "pixel") -> Any:
+        """Where units sit in the flat model input, for writing perturbations in model space."""
+        from l0tre_core.tensors import make_encoder
+
+        scale, shift = self.affine()
+        return make_encoder(self.geometry, scale, shift, unit)
+
+    def flat_input(self, xc: Any) -> Any:
+        """Canonical data-space samples ``[N, P, C]`` as flat model inputs ``[N, D]``."""
+        return self.model_input(xc).reshape(xc.shape[0], -1)
+
+    def run_flat(self, batch: Any) -> np.ndarray:
+        """Outputs for flat model-space inputs ``[N, D]`` (the search's hot path), chunked."""
+        n = batch.shape[0]
+        parts = []
+        for start in range(0, n, self.batch_size):
+            chunk = batch[start : start + self.batch_size]
+            parts.append(np.asarray(self.runtime.run(chunk.reshape((len(chunk), *self.geometry.sample_shape))), np.float32))
+        self.evaluations += n
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return out.reshape(n, -1)
+
     def outputs(self, xc: Any) -> np.ndarray:
         """Raw model outputs ``[N, K]`` (logits or probabilities, as the card says), chunked."""
         n = xc.shape[0]

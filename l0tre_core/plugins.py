@@ -129,6 +129,9 @@ def create_host(
         except Exception as exc:
             raise PluginError(f"cannot load plugin module {spec!r} given with -p: {exc}") from None
         _register(pm, module, spec)
+    from l0tre_core import builtin
+
+    _register(pm, builtin, "l0tre-core")
     for obj in extra:
         _register(pm, obj, getattr(obj, "__name__", None))
     try:

@@ -1,0 +1,96 @@
+"""The ``l0tre`` command line, built by a factory from a plugin host."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+import l0tre_core
+from l0tre_cli import console
+from l0tre_core.errors import L0treError, PluginError
+from l0tre_core.plugins import PluginHost, create_host
+
+HELP = (
+    "How many pixels must change to flip an image classifier's decision: proven lower bounds and "
+    "witnessed upper bounds of L0 robustness for any ONNX model.\n\n"
+    "Exit codes: 0 success, 2 usage, 3 bad model, card or data, 4 environment, 130 interrupted."
+)
+
+
+def create_app(host: PluginHost | None = None) -> typer.Typer:
+    """A fresh Typer app with the host's commands (tests build one per test)."""
+    host = host or create_host()
+    app = typer.Typer(
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def root(
+        ctx: typer.Context,
+        plugin: Annotated[Optional[List[str]], typer.Option("-p", "--plugin", help="Load a plugin module (or block one with no:NAME)", show_default=False)] = None,
+        version: Annotated[bool, typer.Option("--version", help="Show the version and exit")] = False,
+    ) -> None:
+        if version:
+            console.out.print(f"l0tre {l0tre_core.__version__}")
+            raise typer.Exit(0)
+        ctx.obj = host
+
+    from l0tre_cli import builtin
+
+    builtin.register(app)
+    before = _command_names(app)
+    host.hook.l0tre_register_commands(app=app)
+    _check_unique(app, before)
+    return app
+
+
+def _command_names(app: typer.Typer) -> list[str]:
+    names = [c.name or (c.callback.__name__.replace("_", "-") if c.callback else "") for c in app.registered_commands]
+    names += [g.name or "" for g in app.registered_groups]
+    return names
+
+
+def _check_unique(app: typer.Typer, before: list[str]) -> None:
+    names = _command_names(app)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PluginError(f"two plugins register the command {name!r}; block one with -p no:NAME")
+        seen.add(name)
+
+
+def plugin_args(argv: list[str]) -> list[str]:
+    """The ``-p`` values, read before the app exists because plugins add commands."""
+    found = []
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg in ("-p", "--plugin") and i + 1 < len(argv):
+            found.append(argv[i + 1])
+            next(it, None)
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+        elif arg.startswith("-p") and len(arg) > 2:
+            found.append(arg[2:])
+        elif arg == "--":
+            break
+    return found
+
+
+def main(argv: list[str] | None = None) -> Any:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from l0tre_core.plugins import ensure_importable
+
+        ensure_importable(".")
+        app = create_app(create_host(plugin_args(argv)))
+    except L0treError as exc:
+        console.error(str(exc))
+        sys.exit(exc.exit_code)
+    return app(args=argv, prog_name="l0tre")

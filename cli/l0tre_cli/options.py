@@ -1,0 +1,189 @@
+"""The options every application command shares, as one decorator.
+
+A plugin command written as::
+
+    @app.command()
+    @common_options
+    def mycommand(common: Common, depth: int = 3) -> None:
+        model = common.load_model()
+        data = common.load_data(model)
+
+gets the model argument, the card flags, the data selection, ``--out``, ``--format``, ``--seed``,
+``--device`` and ``--batch-size``, and its L0treErrors become one-line messages with exit codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import signal
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from l0tre_cli import console
+from l0tre_core.errors import Interrupted, L0treError, UsageError
+
+CARD_PANEL = "Model card"
+DATA_PANEL = "Data"
+RUN_PANEL = "Run"
+
+
+@dataclass
+class Common:
+    """The shared options of one command invocation, and the plugin host it runs with."""
+
+    model: Path | None
+    data: Path | None
+    labels: Path | None
+    n: int | None
+    start: int
+    layout: str | None
+    value_range: str | None
+    mean: str | None
+    std: str | None
+    output: str | None
+    classes: str | None
+    channels: int | None
+    input_name: str | None
+    output_name: str | None
+    out: Path | None
+    format: str
+    seed: int
+    device: str
+    batch_size: int | None
+    quiet: bool
+    host: Any = None
+
+    def card_flags(self) -> dict[str, Any]:
+        flags = {
+            "layout": self.layout,
+            "range": self.value_range,
+            "mean": self.mean,
+            "std": self.std,
+            "output": self.output,
+            "classes": self.classes,
+            "channels": self.channels,
+        }
+        return {k: v for k, v in flags.items() if v is not None}
+
+    def load_model(self) -> Any:
+        from l0tre_core.model import load_model
+
+        clf = load_model(
+            self.model,
+            card=self.card_flags(),
+            device=self.device,
+            batch_size=self.batch_size,
+            input_name=self.input_name,
+            output_name=self.output_name,
+            host=self.host,
+        )
+        for note in clf.describe()["notes"]:
+            if not self.quiet:
+                console.warn(note)
+        return clf
+
+    def load_data(self, model: Any, *, n_default: int | None = None) -> Any:
+        from l0tre_core.data import load_data
+
+        n = self.n if self.n is not None else n_default
+        if self.data is None and n is None:
+            n = None
+        return load_data(
+            self.data,
+            model.geometry,
+            model.card.range,
+            host=self.host,
+            labels=self.labels,
+            n=n,
+            start=self.start,
+            n_classes=model.n_classes,
+        )
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared options to a command whose first parameter is ``common: Common``."""
+
+    def wrapper(
+        ctx: typer.Context,
+        model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (default: the embedded MNIST demo)", show_default=False)] = None,
+        data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data: .npz (x, y), MNIST IDX, CSV rows label,p1,.. (0-255, H,W,C), or a folder of class folders (default: the demo's held-out images)", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+        labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels file, when not found beside the data", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+        n: Annotated[Optional[int], typer.Option("--n", help="Number of inputs to use (default: all)", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+        start: Annotated[int, typer.Option("--start", help="Position in the data of the first input", rich_help_panel=DATA_PANEL)] = 0,
+        layout: Annotated[Optional[str], typer.Option("--layout", help="Input layout: nchw, nhwc or flat", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        value_range: Annotated[Optional[str], typer.Option("--range", help="Valid range of data values lo,hi (default 0,1)", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        mean: Annotated[Optional[str], typer.Option("--mean", help="Normalisation done outside the graph: per-channel means, e.g. 0.49,0.48,0.45", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        std: Annotated[Optional[str], typer.Option("--std", help="Per-channel standard deviations for --mean", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        output: Annotated[Optional[str], typer.Option("--output", help="What the model outputs: logits or probs", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        channels: Annotated[Optional[int], typer.Option("--channels", help="Channels per pixel of a flat input", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        input_name: Annotated[Optional[str], typer.Option("--input-name", help="Model input to use when there are several", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        output_name: Annotated[Optional[str], typer.Option("--output-name", help="Model output to use when there are several", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for result files", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+        format: Annotated[str, typer.Option("--format", "-f", help="Results on stdout as table or json", rich_help_panel=RUN_PANEL)] = "table",
+        seed: Annotated[int, typer.Option("--seed", help="Random seed", rich_help_panel=RUN_PANEL)] = 0,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda", rich_help_panel=RUN_PANEL)] = "auto",
+        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per model call (default 256)", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output", rich_help_panel=RUN_PANEL)] = False,
+        **kwargs: Any,
+    ) -> Any:
+        common = Common(
+            model=model, data=data, labels=labels, n=n, start=start, layout=layout,
+            value_range=value_range, mean=mean, std=std, output=output, classes=classes,
+            channels=channels, input_name=input_name, output_name=output_name, out=out,
+            format=format, seed=seed, device=device, batch_size=batch_size, quiet=quiet,
+            host=ctx.find_root().obj,
+        )
+        return run_guarded(lambda: fn(common, **kwargs), fmt=format)
+
+    # Typer reads parameters from __signature__ and types from __annotations__; resolve both
+    # modules' string annotations here, each in its own namespace.
+    own_hints = typing.get_type_hints(fn, include_extras=True)
+    shared_hints = typing.get_type_hints(wrapper, include_extras=True)
+    own = [p.replace(annotation=own_hints.get(p.name, p.annotation)) for p in list(inspect.signature(fn).parameters.values())[1:]]
+    shared = [
+        p.replace(annotation=shared_hints.get(name, p.annotation))
+        for name, p in inspect.signature(wrapper).parameters.items()
+        if name != "kwargs"
+    ]
+    functools.update_wrapper(wrapper, fn, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
+    del wrapper.__wrapped__
+    wrapper.__signature__ = inspect.Signature(shared + own)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in shared + own}
+    return wrapper
+
+
+def run_guarded(body: Callable[[], Any], *, fmt: str = "table") -> Any:
+    """Run a command body: user errors become one line and an exit code, SIGTERM acts as Ctrl-C."""
+    if fmt not in ("table", "json"):
+        console.error(f"--format must be table or json, got {fmt!r}")
+        raise typer.Exit(UsageError.exit_code)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        previous = None
+    try:
+        return body()
+    except Interrupted as exc:
+        console.error(str(exc))
+        raise typer.Exit(Interrupted.exit_code) from None
+    except L0treError as exc:
+        console.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        raise typer.Exit(Interrupted.exit_code) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,161 @@
+"""The engine from Python: ``evaluate(model, data)`` does what ``l0tre robustness`` does."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+import l0tre_core
+from l0tre_core.bounds import SampleState
+from l0tre_core.checkpoint import Checkpoint, file_digest
+from l0tre_core.data import Dataset
+from l0tre_core.driver import LOWER_MODES, Budget, Driver
+from l0tre_core.errors import EnvironmentProblem, UsageError
+from l0tre_core.events import BoundUpdate
+from l0tre_core.model import Classifier
+from l0tre_core.results import RunResult, write_results
+from l0tre_core.threat import ThreatModel
+
+Listener = Callable[[BoundUpdate, SampleState], None]
+
+
+def versions(classifier: Classifier) -> dict[str, str]:
+    out = {"l0tre": l0tre_core.__version__, "numpy": np.__version__}
+    for dist in ("onnx", "onnxruntime", "onnxruntime-gpu", "cupy-cuda13x", "cupy-cuda12x"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def pick_kernels(host: Any, device: str) -> Any:
+    """The array kernels for ``device``: CuPy where a GPU is usable (auto, cuda), NumPy otherwise."""
+    kernels = host.registry("array_kernels")
+    if device == "cpu":
+        return kernels["numpy"]
+    gpu = [k for name, k in kernels.items() if name != "numpy" and k.usable()]
+    if gpu:
+        return gpu[0]
+    if device == "cuda":
+        raise EnvironmentProblem("--device cuda was asked for but no GPU array kernels are usable (is CuPy installed and a GPU visible?)")
+    return kernels["numpy"]
+
+
+def resolve_lower(mode: str, classifier: Classifier, host: Any) -> tuple[str, Any, str | None]:
+    """The lower-bound mode to run, the sound certifier (if any) and why sound is unavailable."""
+    if mode not in LOWER_MODES:
+        raise UsageError(f"--lower must be one of {', '.join(LOWER_MODES)}, got {mode!r}")
+    if mode == "discrete":
+        return "discrete", None, None
+    method = host.registry("bound_methods").get("sound")
+    reason = "no sound lower-bound method is installed" if method is None else method.unsupported(classifier)
+    if reason is None:
+        return ("sound" if mode == "auto" else mode), method.prepare(classifier), None
+    if mode == "auto":
+        return "discrete", None, reason
+    raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")
+
+
+def evaluate(
+    classifier: Classifier,
+    data: Dataset,
+    *,
+    threat: ThreatModel | None = None,
+    budget: Budget | None = None,
+    lower: str = "auto",
+    device: str = "auto",
+    out: Path | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    host: Any = None,
+    listeners: Iterable[Listener] = (),
+) -> RunResult:
+    """Bound the minimal adversarial distance of every input in ``data``; anytime, resumable.
+
+    With ``out``, progress is checkpointed there after every step and the result files are
+    written at the end (also after Ctrl-C, with the bounds reached so far).
+    """
+    from l0tre_core.plugins import create_host
+
+    host = host or create_host()
+    threat = threat or ThreatModel(lo=classifier.card.lo, hi=classifier.card.hi)
+    budget = budget or Budget()
+    if (threat.lo, threat.hi) != tuple(classifier.card.range):
+        raise UsageError("the threat model's range must be the model card's valid range")
+    np.random.seed(seed)
+    kernels = pick_kernels(host, device)
+    lower_mode, certifier, why_not_sound = resolve_lower(lower, classifier, host)
+    notes = [] if why_not_sound is None else [f"sound lower bounds unavailable ({why_not_sound}); using discrete"]
+    identity = {
+        "model_sha256": file_digest(classifier.path),
+        "card": classifier.card.to_dict(),
+        "data": data.source,
+        "index": data.index.tolist(),
+        "threat": threat.to_dict(),
+        "max_t": budget.max_t,
+        "lower": lower_mode,
+        "seed": seed,
+        "version": l0tre_core.__version__,
+    }
+    history: list[tuple[float, float, float | None]] = []
+    started = time.monotonic()
+    checkpoint = None
+    states: dict[int, SampleState] = {}
+    if out is not None:
+        checkpoint = Checkpoint(out, identity)
+        if resume:
+            states = checkpoint.load(classifier.encoder(threat.unit).channels)
+        checkpoint.start(resume)
+
+    def record(update: BoundUpdate, state: SampleState) -> None:
+        history.append((time.monotonic() - started, update.global_lower, update.global_upper))
+        if checkpoint is not None:
+            checkpoint.record(state)
+        host.hook.l0tre_bounds_updated(update=update)
+
+    driver = Driver(
+        classifier, threat, budget, kernels, lower=lower_mode, certifier=certifier,
+        listeners=[record, *listeners],
+    )
+    interrupted = False
+    try:
+        samples = driver.run(data.x, data.y, data.index, states)
+    except KeyboardInterrupt:
+        interrupted = True
+        samples = driver._all
+    finally:
+        if checkpoint is not None:
+            checkpoint.close()
+    encoder = classifier.encoder(threat.unit)
+    images = {}
+    for pos, s in enumerate(samples):
+        if s.witness is not None:
+            xu = data.x[pos].reshape(encoder.n_units, encoder.channels)
+            adv = s.witness.apply(xu).reshape(1, *data.x.shape[1:])
+            images[s.index] = data.to_file_layout(adv, classifier.geometry)[0]
+    model_info = classifier.describe()
+    model_info["notes"] = model_info["notes"] + notes
+    result = RunResult(
+        model=model_info,
+        threat=threat.to_dict(),
+        budget={"max_t": budget.max_t, "time_limit": budget.time_limit, "input_time_limit": budget.input_time_limit,
+                "lower": lower_mode, "kernels": kernels.name},
+        data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
+        samples=samples,
+        seconds=time.monotonic() - started,
+        seed=seed,
+        versions=versions(classifier),
+        history=history,
+        complete=not interrupted and all(s.finished for s in samples),
+        witness_images=images,
+    )
+    if out is not None:
+        write_results(result, out, data.sample_shape)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result

@@ -1,0 +1,141 @@
+"""Bounds and witnesses of one input: what is proven, what is witnessed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+GUARANTEES = ("sound", "discrete", "none")
+
+
+def score(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = False) -> np.ndarray:
+    """Per-row score of the reference class: the margin ref - best other (default) or the ref score.
+
+    Probabilities are compared as logs: the order is the same, and saturated probabilities would
+    make sensitivities tie.
+    """
+    s = np.log(np.clip(outputs, 1e-30, None)) if probs else outputs
+    if kind == "logit":
+        return s[:, ref].astype(np.float64)
+    other = np.delete(s, ref, axis=1).max(axis=1)
+    return (s[:, ref] - other).astype(np.float64)
+
+
+def flips(outputs: np.ndarray, ref: int) -> np.ndarray:
+    """Rows whose top-1 class differs from ``ref``."""
+    return np.argmax(outputs, axis=1) != ref
+
+
+@dataclass
+class Witness:
+    """An adversarial example as changed units and their data-space values."""
+
+    units: np.ndarray  # [k] int64
+    values: np.ndarray  # [k, Cu] float32
+
+    def apply(self, xu: np.ndarray) -> np.ndarray:
+        out = xu.copy()
+        out[self.units] = self.values
+        return out
+
+    @classmethod
+    def between(cls, xu: np.ndarray, adv: np.ndarray) -> "Witness":
+        """The units where ``adv`` differs from ``xu``."""
+        changed = np.flatnonzero(np.any(adv != xu, axis=1))
+        return cls(changed.astype(np.int64), adv[changed].astype(np.float32))
+
+    @property
+    def size(self) -> int:
+        return int(len(self.units))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"units": self.units.tolist(), "values": self.values.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], channels: int) -> "Witness":
+        return cls(
+            np.asarray(data["units"], np.int64),
+            np.asarray(data["values"], np.float32).reshape(-1, channels),
+        )
+
+
+@dataclass
+class SampleState:
+    """Everything known about one input so far. Bounds only ever improve."""
+
+    index: int  # position in the data file
+    label: int | None
+    reference: int
+    lower_sound: int = 1
+    lower_discrete: int = 1
+    upper: int | None = None
+    witness: Witness | None = None
+    level: int = 0  # highest t whose step finished
+    evaluations: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lower(self) -> int:
+        return max(self.lower_sound, self.lower_discrete)
+
+    @property
+    def guarantee(self) -> str:
+        if self.lower_sound >= self.lower_discrete:
+            return "sound" if self.lower_sound > 1 or self.upper == 0 else "none"
+        return "discrete"
+
+    @property
+    def exact(self) -> bool:
+        return self.upper is not None and self.lower >= self.upper
+
+    def raise_lower(self, value: int, guarantee: str) -> None:
+        if guarantee == "sound":
+            self.lower_sound = max(self.lower_sound, value)
+        else:
+            self.lower_discrete = max(self.lower_discrete, value)
+
+    def offer(self, witness: Witness) -> bool:
+        """Keep ``witness`` if it is smaller than the current one (caller has verified it)."""
+        if self.upper is None or witness.size < self.upper:
+            self.upper = witness.size
+            self.witness = witness
+            return True
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "label": self.label,
+            "reference": self.reference,
+            "lower": self.lower,
+            "upper": self.upper,
+            "guarantee": self.guarantee,
+            "lower_sound": self.lower_sound,
+            "lower_discrete": self.lower_discrete,
+            "level": self.level,
+            "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 4),
+            "finished": self.finished,
+            "witness": self.witness.to_json() if self.witness is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], channels: int) -> "SampleState":
+        w = data.get("witness")
+        return cls(
+            index=int(data["index"]),
+            label=data["label"],
+            reference=int(data["reference"]),
+            lower_sound=int(data["lower_sound"]),
+            lower_discrete=int(data["lower_discrete"]),
+            upper=data["upper"],
+            witness=Witness.from_json(w, channels) if w else None,
+            level=int(data["level"]),
+            evaluations=int(data["evaluations"]),
+            seconds=float(data["seconds"]),
+            finished=bool(data["finished"]),
+        )

@@ -1,0 +1,187 @@
+"""The anytime driver: tightens every input's bounds, level by level, within the budgets.
+
+For t = 1, 2, ...: a sound certificate (bound propagation) where asked for, the level-t sweep over
+V (discrete lower bound and the sensitivity ranking), then the upper bound by cumulative union and
+tightening. Every witness is verified before it is kept; bounds only ever improve; after every
+step the input's state is handed to the listeners (progress, checkpoint, plugins).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from l0tre_core.bounds import SampleState, Witness
+from l0tre_core.errors import UsageError
+from l0tre_core.events import BoundUpdate
+from l0tre_core.search import SearchContext
+from l0tre_core.threat import ThreatModel
+
+LOWER_MODES = ("auto", "sound", "discrete", "both")
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_t: int = 2
+    time_limit: float | None = None  # seconds for the whole run
+    input_time_limit: float | None = None  # seconds per input
+    chunk: int = 4096  # perturbed inputs built and run per model call group
+
+    def __post_init__(self) -> None:
+        if self.max_t < 1:
+            raise UsageError(f"--max-t must be at least 1, got {self.max_t}")
+        for name, value in (("--time-limit", self.time_limit), ("--input-time-limit", self.input_time_limit)):
+            if value is not None and not value > 0:
+                raise UsageError(f"{name} must be a positive number of seconds, got {value}")
+        if self.chunk < 1:
+            raise UsageError(f"the chunk size must be positive, got {self.chunk}")
+
+
+def global_bounds(states: Iterable[SampleState]) -> tuple[float, float | None]:
+    """Mean lower and mean upper bound of d* over the inputs (upper is None while any input has
+    no witness: an input without one has no finite upper bound)."""
+    states = list(states)
+    if not states:
+        return 0.0, None
+    lower = float(np.mean([s.lower for s in states]))
+    uppers = [s.upper for s in states]
+    upper = None if any(u is None for u in uppers) else float(np.mean(uppers))
+    return lower, upper
+
+
+@dataclass
+class Driver:
+    classifier: Any
+    threat: ThreatModel
+    budget: Budget
+    kernels: Any
+    lower: str = "discrete"  # discrete | sound | both (auto is resolved before)
+    certifier: Any = None  # sound certifier, needed for sound and both
+    listeners: list[Callable[[BoundUpdate, SampleState], None]] = field(default_factory=list)
+    stop_requested: bool = False
+
+    def run(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState] | None = None) -> list[SampleState]:
+        """Search every input; ``states`` holds finished or partial states from a checkpoint."""
+        states = dict(states or {})
+        run_deadline = None if self.budget.time_limit is None else time.monotonic() + self.budget.time_limit
+        refs = self._references(x, labels, index, states)
+        ordered = [states[int(i)] if int(i) in states else refs[pos] for pos, i in enumerate(index)]
+        self._all = ordered
+        for pos, state in enumerate(ordered):
+            if state.finished:
+                continue
+            if self.stop_requested or (run_deadline is not None and time.monotonic() > run_deadline):
+                break
+            self._search(pos, x[pos], state, run_deadline)
+        return ordered
+
+    def _references(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState]) -> list[SampleState]:
+        todo = [p for p, i in enumerate(index) if int(i) not in states]
+        preds = np.full(len(x), -1, np.int64)
+        if todo:
+            preds[todo] = self.classifier.predict(x[todo])
+        out = []
+        for pos, i in enumerate(index):
+            label = None if labels is None else int(labels[pos])
+            if self.threat.against == "label":
+                if label is None:
+                    raise UsageError("--against label needs labels for the data")
+                ref = label
+            else:
+                ref = int(preds[pos])
+            state = SampleState(index=int(i), label=label, reference=ref)
+            if self.threat.against == "label" and int(preds[pos]) != label:
+                # misclassified: the clean input is its own witness, d* = 0
+                state.lower_sound = state.lower_discrete = 0
+                state.upper = 0
+                state.witness = Witness(np.zeros(0, np.int64), np.zeros((0, self.classifier.encoder(self.threat.unit).channels), np.float32))
+                state.finished = True
+            out.append(state)
+        return out
+
+    def _emit(self, pos: int, state: SampleState) -> None:
+        lo, up = global_bounds(self._all)
+        update = BoundUpdate(
+            index=state.index, position=pos, lower=state.lower, upper=state.upper, guarantee=state.guarantee,
+            level=state.level, evaluations=state.evaluations, seconds=state.seconds, finished=state.finished,
+            global_lower=lo, global_upper=up, done=sum(s.finished for s in self._all), total=len(self._all),
+        )
+        for listener in self.listeners:
+            listener(update, state)
+
+    def _search(self, pos: int, x: np.ndarray, state: SampleState, run_deadline: float | None) -> None:
+        started = time.monotonic()
+        spent_before = state.seconds
+        deadline = run_deadline
+        if self.budget.input_time_limit is not None:
+            remaining = max(0.0, self.budget.input_time_limit - spent_before)
+            own = started + remaining
+            deadline = own if deadline is None else min(deadline, own)
+        evals0 = self.classifier.evaluations
+        ctx = SearchContext(self.classifier, self.kernels, self.threat, x, state.reference, self.budget.chunk)
+
+        def account() -> None:
+            state.evaluations += self.classifier.evaluations - account.last  # type: ignore[attr-defined]
+            account.last = self.classifier.evaluations  # type: ignore[attr-defined]
+            state.seconds = spent_before + time.monotonic() - started
+
+        account.last = evals0  # type: ignore[attr-defined]
+        interrupted = False
+        try:
+            for t in range(state.level + 1, self.budget.max_t + 1):
+                if state.exact or self.stop_requested or (deadline is not None and time.monotonic() > deadline):
+                    break
+                if not self._level(ctx, t, state, deadline):
+                    account()
+                    break
+                state.level = t
+                account()
+                if state.exact or t == self.budget.max_t:
+                    state.finished = True
+                self._emit(pos, state)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            if not interrupted:
+                account()
+        if state.exact or state.level >= self.budget.max_t:
+            state.finished = True
+            self._emit(pos, state)
+
+    def _level(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None) -> bool:
+        """One step at subset size t; False when the budget ran out before the step finished."""
+        sound_proven = False
+        if self.lower in ("sound", "both") and self.certifier is not None and state.lower_sound <= t:
+            limit = None if deadline is None else max(0.0, deadline - time.monotonic())
+            status, witness = self.certifier.certify(ctx, t, limit)
+            if status == "proven":
+                state.raise_lower(t + 1, "sound")
+                sound_proven = True
+            elif status == "refuted" and witness is not None and ctx.verify(witness):
+                state.offer(witness)
+        need_sweep = self.lower in ("discrete", "both") or t == 1 or state.upper is None
+        if sound_proven and state.upper is not None and self.lower != "both":
+            need_sweep = False
+        if state.exact:
+            return True
+        if need_sweep:
+            sens = ctx.sweep(t, deadline)
+            if sens.flip is not None:
+                flip = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
+                if ctx.verify(flip):
+                    state.offer(ctx.tighten(flip) if flip.size > 1 else flip)
+            elif sens.complete:
+                state.raise_lower(t + 1, "discrete")
+            if not state.exact and len(sens.subsets):
+                w = ctx.cumulative_union(sens)
+                if w is not None:
+                    w = ctx.tighten(w)
+                    if ctx.verify(w):
+                        state.offer(w)
+            if not sens.complete and sens.flip is None:
+                return False
+        return True

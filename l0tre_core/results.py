@@ -1,0 +1,178 @@
+"""The results of a run, and the files they are written to (atomically: temp file, then rename)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from l0tre_core.bounds import SampleState
+from l0tre_core.errors import L0treError
+
+SCHEMA_VERSION = 1
+
+
+class SelfCheckFailed(L0treError):
+    """A result failed its own consistency check; nothing is written."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunResult:
+    model: dict[str, Any]
+    threat: dict[str, Any]
+    budget: dict[str, Any]
+    data: dict[str, Any]
+    samples: list[SampleState]
+    seconds: float
+    seed: int
+    versions: dict[str, str]
+    history: list[tuple[float, float, float | None]] = field(default_factory=list)
+    complete: bool = True
+    witness_images: dict[int, np.ndarray] = field(default_factory=dict)  # index -> data-file layout
+
+    @property
+    def global_lower(self) -> float:
+        return float(np.mean([s.lower for s in self.samples])) if self.samples else 0.0
+
+    @property
+    def global_upper(self) -> float | None:
+        ups = [s.upper for s in self.samples]
+        return None if not ups or any(u is None for u in ups) else float(np.mean(ups))
+
+    def check(self) -> None:
+        """Refuse to report bounds that contradict each other."""
+        for s in self.samples:
+            if s.upper is not None and s.lower > s.upper:
+                raise SelfCheckFailed(f"self-check failed: input {s.index} has lower {s.lower} > upper {s.upper}")
+            if s.upper is not None and (s.witness is None or s.witness.size != s.upper):
+                raise SelfCheckFailed(f"self-check failed: input {s.index} has no witness of size {s.upper}")
+
+    def to_json(self) -> dict[str, Any]:
+        samples = []
+        for s in self.samples:
+            d = s.to_json()
+            d.pop("witness")
+            d["exact"] = s.exact
+            samples.append(d)
+        guarantees = sorted({s.guarantee for s in self.samples})
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "providers": self.model.get("providers"),
+            "threat_model": self.threat,
+            "budget": self.budget,
+            "data": self.data,
+            "seed": self.seed,
+            "versions": self.versions,
+            "seconds": round(self.seconds, 3),
+            "complete": self.complete,
+            "global": {
+                "lower": self.global_lower,
+                "upper": self.global_upper,
+                "guarantees": guarantees,
+                "inputs": len(self.samples),
+                "exact": sum(s.exact for s in self.samples),
+            },
+            "samples": samples,
+        }
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``: a failure
+    (disk full, kill) leaves the previous file intact."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]) -> list[Path]:
+    """``results.json``, ``samples.csv``, ``witnesses.npz`` and ``convergence.png`` in ``folder``."""
+    result.check()
+    written = []
+    path = folder / "results.json"
+    atomic_write(path, lambda fh: json.dump(result.to_json(), fh, indent=2, default=_json_default))
+    written.append(path)
+
+    path = folder / "samples.csv"
+
+    def write_csv(fh: Any) -> None:
+        w = csv.writer(fh)
+        w.writerow(["index", "label", "reference", "lower", "upper", "guarantee", "exact", "evaluations", "seconds"])
+        for s in result.samples:
+            w.writerow([s.index, "" if s.label is None else s.label, s.reference, s.lower,
+                        "" if s.upper is None else s.upper, s.guarantee, s.exact, s.evaluations, f"{s.seconds:.3f}"])
+
+    atomic_write(path, write_csv)
+    written.append(path)
+
+    path = folder / "witnesses.npz"
+    idx = sorted(result.witness_images)
+    arrays = {
+        "index": np.asarray(idx, np.int64),
+        "x_adv": np.stack([result.witness_images[i] for i in idx]).astype(np.float32)
+        if idx else np.zeros((0, *sample_shape), np.float32),
+    }
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=True)
+    written.append(path)
+
+    path = folder / "convergence.png"
+    png = convergence_png(result)
+    atomic_write(path, lambda fh: fh.write(png), binary=True)
+    written.append(path)
+    return written
+
+
+def convergence_png(result: RunResult) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if result.history:
+        ts = [h[0] for h in result.history]
+        ax.step(ts, [h[1] for h in result.history], where="post", label="global lower bound")
+        ups = [(h[0], h[2]) for h in result.history if h[2] is not None]
+        if ups:
+            ax.step([u[0] for u in ups], [u[1] for u in ups], where="post", label="global upper bound")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("mean L0 distance (pixels)")
+    ax.set_title("anytime bounds of global robustness")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,186 @@
+"""One input's search: the level-t sensitivity sweep (lower bound over V, ranking for the upper
+bound), the cumulative-union upper bound and its tightening, and witness verification."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from math import comb
+from typing import Any
+
+import numpy as np
+
+from l0tre_core.bounds import Witness, flips, score
+from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
+from l0tre_core.threat import ThreatModel
+
+TOP_K = 4096  # most sensitive subsets kept per level (all of them at t = 1 for images up to 64x64)
+PREFIX_BATCH = 32
+
+
+@dataclass
+class Sensitivity:
+    """The outcome of one level's sweep."""
+
+    t: int
+    complete: bool  # every (subset, assignment) pair was evaluated
+    flip: Witness | None  # an assignment that flips the label, when one was met
+    subsets: np.ndarray  # [K, t] the most sensitive subsets, most sensitive first
+    values: np.ndarray  # [K, t, Cu] their minimising assignments (data space)
+    sensitivity: np.ndarray  # [K] score(x) - min score over the subset's assignments
+    evaluated: int
+
+
+class SearchContext:
+    """Everything the search needs about one input, prepared once."""
+
+    def __init__(self, classifier: Any, kernels: Any, threat: ThreatModel, x: np.ndarray, ref: int, chunk: int) -> None:
+        self.classifier = classifier
+        self.kernels = kernels
+        self.threat = threat
+        self.encoder: Encoder = classifier.encoder(threat.unit)
+        self.x_units = x.reshape(self.encoder.n_units, self.encoder.channels).astype(np.float32)
+        self.x = x
+        self.ref = ref
+        self.chunk = max(1, chunk)
+        self.values = threat.value_set(self.encoder.channels)  # [V, Cu]
+        self.base = classifier.flat_input(x[None])[0].astype(np.float32)
+        self.base_dev = kernels.asarray(self.base)
+        self.probs = classifier.card.output == "probs"
+        clean = classifier.run_flat(self.base[None])
+        self.clean_score = float(self._score(clean)[0])
+        self._buffer: Any = None
+
+    def _score(self, outputs: np.ndarray) -> np.ndarray:
+        return score(outputs, self.ref, self.threat.score, self.probs)
+
+    def run_changes(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Model outputs for ``units [B, t]`` set to data-space ``values [B, t, Cu]``."""
+        pos, val = self.encoder.encode(units, values)
+        batch = self.kernels.perturb(self.base_dev, self.kernels.asarray(pos), self.kernels.asarray(val), self._buffer)
+        self._buffer = batch if self._buffer is None or batch.shape[0] >= self._buffer.shape[0] else self._buffer
+        return self.classifier.run_flat(batch)
+
+    def units_image(self, xu: np.ndarray) -> np.ndarray:
+        return xu.reshape(self.x.shape)
+
+    def verify(self, witness: Witness) -> bool:
+        """Re-run the witness through the model's ordinary input path and recount its distance."""
+        adv_units = witness.apply(self.x_units)
+        recount = Witness.between(self.x_units, adv_units)
+        if recount.size != witness.size or np.any(adv_units < self.threat.lo) or np.any(adv_units > self.threat.hi):
+            return False
+        out = self.classifier.outputs(self.units_image(adv_units)[None])
+        return bool(flips(out, self.ref)[0])
+
+    # --- level-t sweep ----------------------------------------------------------------------------
+
+    def sweep(self, t: int, deadline: float | None, top_k: int = TOP_K) -> Sensitivity:
+        n, nv = self.encoder.n_units, len(self.values)
+        per_subset = nv**t
+        total = comb(n, t)
+        table = binomial_table(n, t)
+        digits = assignment_digits(np.arange(per_subset), nv, t)  # [A, t]
+        assign_values = self.values[digits]  # [A, t, Cu]
+        step = max(1, self.chunk // per_subset)
+        keep_sub = np.zeros((0, t), np.int64)
+        keep_val = np.zeros((0, t, self.encoder.channels), np.float32)
+        keep_min = np.zeros(0, np.float64)
+        evaluated = 0
+        for r0 in range(0, total, step):
+            r1 = min(total, r0 + step)
+            subsets = unrank_subsets(np.arange(r0, r1), n, t, table)  # [m, t]
+            m = r1 - r0
+            units = np.repeat(subsets, per_subset, axis=0)
+            values = np.tile(assign_values, (m, 1, 1))
+            out = self.run_changes(units, values)
+            evaluated += len(units)
+            flipped = flips(out, self.ref)
+            if flipped.any():
+                i = int(np.argmax(flipped))
+                w = Witness(units[i].copy(), values[i].copy())
+                return Sensitivity(t, False, w, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
+            s = self._score(out).reshape(m, per_subset)
+            arg = s.argmin(axis=1)
+            keep_sub = np.concatenate([keep_sub, subsets])
+            keep_val = np.concatenate([keep_val, assign_values[arg]])
+            keep_min = np.concatenate([keep_min, s[np.arange(m), arg]])
+            if len(keep_min) > 2 * top_k:
+                keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)
+            if deadline is not None and time.monotonic() > deadline and r1 < total:
+                return Sensitivity(t, False, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
+        keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)
+        return Sensitivity(t, True, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
+
+    # --- upper bound ------------------------------------------------------------------------------
+
+    def cumulative_union(self, sens: Sensitivity) -> Witness | None:
+        """Apply the most sensitive subsets' minimising values cumulatively until the label flips.
+
+        A unit already changed keeps its earlier value. Prefixes are evaluated in batches.
+        """
+        current = self.x_units.copy()
+        changed: dict[int, None] = {}
+        rows, snapshots = [], []
+        for k in range(len(sens.subsets)):
+            for j, u in enumerate(sens.subsets[k]):
+                u = int(u)
+                if u not in changed:
+                    changed[u] = None
+                    current[u] = sens.values[k, j]
+            rows.append(current.copy())
+            snapshots.append(list(changed))
+            if len(rows) == PREFIX_BATCH or k == len(sens.subsets) - 1:
+                out = self.classifier.outputs(np.stack([self.units_image(r) for r in rows]))
+                flipped = flips(out, self.ref)
+                if flipped.any():
+                    i = int(np.argmax(flipped))
+                    units = np.asarray(snapshots[i], np.int64)
+                    return Witness(units, rows[i][units].copy())
+                rows, snapshots = [], []
+        return None
+
+    def tighten(self, witness: Witness) -> Witness:
+        """Restore changed units to their clean values while the image stays adversarial.
+
+        Passes run in the witness's order until one restores nothing. Within a pass, every
+        remaining candidate is tried at once on the current image; the first that keeps the image
+        adversarial is committed, exactly as the one-at-a-time pass would, and the pass goes on
+        from there.
+        """
+        adv = witness.apply(self.x_units)
+        order = [int(u) for u in witness.units]
+        while True:
+            restored_any = False
+            i = 0
+            while i < len(order):
+                candidates = order[i:]
+                batch = np.repeat(adv[None], len(candidates), axis=0)
+                for row, u in enumerate(candidates):
+                    batch[row, u] = self.x_units[u]
+                out = self.classifier.outputs(batch.reshape((len(candidates), *self.x.shape)))
+                still = flips(out, self.ref)
+                if not still.any():
+                    break
+                j = int(np.argmax(still))
+                u = candidates[j]
+                adv[u] = self.x_units[u]
+                order.pop(i + j)
+                i += j
+                restored_any = True
+            if not restored_any:
+                break
+        return Witness.between(self.x_units, adv)
+
+
+def _top(sub: np.ndarray, val: np.ndarray, mins: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(mins) <= k:
+        return sub, val, mins
+    idx = np.argpartition(mins, k - 1)[:k]
+    return sub[idx], val[idx], mins[idx]
+
+
+def _ranked(sub: np.ndarray, val: np.ndarray, mins: np.ndarray, clean: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Most sensitive first; ties broken by subset order so runs are reproducible."""
+    order = np.lexsort((*sub.T[::-1], mins)) if len(mins) else np.zeros(0, np.int64)
+    return sub[order], val[order], clean - mins[order]

@@ -1,0 +1,127 @@
+"""Perturbation tensors: every (t-subset, assignment) pair, enumerated by rank, written in bulk.
+
+Subsets are never materialised as one giant index array: a chunk of global ranks is unranked on
+the fly (combinatorial number system), so memory stays bounded whatever C(n, t) is. Batches are
+written directly in the model's input space and layout, so nothing is copied between building a
+batch and running it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import comb
+from typing import Any
+
+import numpy as np
+
+
+def binomial_table(n: int, t: int) -> np.ndarray:
+    """``table[c, k] = C(c, k)`` for c <= n, k <= t, as int64 (exact while C(n, t) < 2**63)."""
+    table = np.zeros((n + 1, t + 1), np.int64)
+    for c in range(n + 1):
+        for k in range(t + 1):
+            table[c, k] = comb(c, k)
+    return table
+
+
+def unrank_subsets(ranks: np.ndarray, n: int, t: int, table: np.ndarray | None = None) -> np.ndarray:
+    """The t-subsets of ``range(n)`` with the given colex ranks, as ``[B, t]`` ascending indices."""
+    table = binomial_table(n, t) if table is None else table
+    r = np.asarray(ranks, np.int64).copy()
+    out = np.empty((len(r), t), np.int64)
+    for k in range(t, 0, -1):
+        # the largest c with C(c, k) <= r: C(., k) is non-decreasing in c
+        c = np.searchsorted(table[:, k], r, side="right") - 1
+        out[:, k - 1] = c
+        r -= table[c, k]
+    return out
+
+
+def rank_subsets(subsets: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`unrank_subsets` for ascending ``[B, t]`` subsets."""
+    subsets = np.asarray(subsets, np.int64)
+    t = subsets.shape[1]
+    return sum(table[subsets[:, k], k + 1] for k in range(t))
+
+
+def assignment_digits(codes: np.ndarray, n_values: int, t: int) -> np.ndarray:
+    """Assignment codes to ``[B, t]`` value indices (base ``n_values``, first position slowest)."""
+    codes = np.asarray(codes, np.int64)
+    out = np.empty((len(codes), t), np.int64)
+    for k in range(t - 1, -1, -1):
+        out[:, k] = codes % n_values
+        codes = codes // n_values
+    return out
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """Where each unit's scalars sit in the flattened model input, and data -> model values.
+
+    ``positions[u, c]`` is the flat model-input position of channel c of unit u; a data-space
+    value v there becomes ``scale[u, c] * v + shift[u, c]`` in model space.
+    """
+
+    positions: np.ndarray  # [U, Cu] int64
+    scale: np.ndarray  # [U, Cu] float32
+    shift: np.ndarray  # [U, Cu] float32
+
+    @property
+    def n_units(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.positions.shape[1]
+
+    def encode(self, units: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat positions and model-space values ``[B, t*Cu]`` for ``units [B, t]`` set to
+        data-space ``values [B, t, Cu]``."""
+        b = units.shape[0]
+        pos = self.positions[units].reshape(b, -1)
+        val = (values * self.scale[units] + self.shift[units]).astype(np.float32).reshape(b, -1)
+        return pos, val
+
+
+def make_encoder(geometry: Any, scale: np.ndarray, shift: np.ndarray, unit: str) -> Encoder:
+    """The encoder of a model geometry with per-channel affine normalisation, by unit."""
+    p, c = geometry.n_pixels, geometry.n_channels
+    canon_of_model = geometry.to_model(np.arange(p * c).reshape(1, p, c)).reshape(-1)
+    model_of_canon = np.empty(p * c, np.int64)
+    model_of_canon[canon_of_model] = np.arange(p * c)
+    positions = model_of_canon.reshape(p, c)
+    sc = np.broadcast_to(np.asarray(scale, np.float32), (p, c))
+    sh = np.broadcast_to(np.asarray(shift, np.float32), (p, c))
+    if unit == "feature":
+        return Encoder(positions.reshape(-1, 1), sc.reshape(-1, 1).copy(), sh.reshape(-1, 1).copy())
+    return Encoder(positions, sc.copy(), sh.copy())
+
+
+class NumpyKernels:
+    """The reference kernels: plain NumPy on the host. Every other kernel is tested against these."""
+
+    name = "numpy"
+    description = "NumPy on the CPU (the reference)"
+
+    def usable(self) -> bool:
+        return True
+
+    def asarray(self, x: np.ndarray) -> Any:
+        return np.asarray(x)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def perturb(self, base: Any, positions: np.ndarray, values: np.ndarray, out: Any = None) -> Any:
+        """``out[b] = base`` then ``out[b, positions[b, j]] = values[b, j]``.
+
+        ``base`` is a flat model-space input ``[D]``; ``positions`` and ``values`` are ``[B, M]``
+        (M = changed units x channels). Returns ``[B, D]`` float32.
+        """
+        b = positions.shape[0]
+        if out is None or out.shape[0] < b:
+            out = np.empty((b, base.shape[0]), np.float32)
+        out = out[:b]
+        out[...] = base
+        np.put_along_axis(out, positions, values, axis=1)
+        return out

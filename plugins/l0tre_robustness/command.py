@@ -1,0 +1,97 @@
+"""The ``robustness`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from l0tre_cli import Common, common_options
+from l0tre_cli import console
+from l0tre_core.api import evaluate
+from l0tre_core.driver import Budget
+from l0tre_core.errors import Interrupted, UsageError
+from l0tre_core.results import RunResult
+from l0tre_core.threat import ThreatModel
+from l0tre_robustness.progress import ProgressView
+
+PANEL = "Search"
+
+
+@common_options
+def robustness(
+    common: Common,
+    max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to enumerate or certify", rich_help_panel=PANEL)] = 2,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds for the whole run", rich_help_panel=PANEL, show_default=False)] = None,
+    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
+    lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto (sound where every operator is supported), sound, discrete or both", rich_help_panel=PANEL)] = "auto",
+    values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes in the enumeration: corners or grid:K", rich_help_panel=PANEL)] = "corners",
+    unit: Annotated[str, typer.Option("--unit", help="What counts as one change: pixel (all its channels) or feature", rich_help_panel=PANEL)] = "pixel",
+    against: Annotated[str, typer.Option("--against", help="Reference label: the model's prediction or the ground-truth label", rich_help_panel=PANEL)] = "prediction",
+    score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin (ref minus best other) or logit (ref alone, as the original)", rich_help_panel=PANEL)] = "margin",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out", rich_help_panel=PANEL)] = False,
+) -> None:
+    budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)
+    if resume and common.out is None:
+        raise UsageError("--resume needs --out, the folder of the run to continue")
+    model = common.load_model()
+    threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit=unit, values=values, against=against, score=score)
+    data = common.load_data(model)
+    out = prepare_out(common.out)
+    view = ProgressView(len(data), model, quiet=common.quiet or common.format == "json")
+    try:
+        with view:
+            result = evaluate(
+                model, data, threat=threat, budget=budget, lower=lower, device=common.device,
+                out=out, resume=resume, seed=common.seed, host=common.host, listeners=[view],
+            )
+    except KeyboardInterrupt:
+        where = f"; partial results and checkpoint in {out} (continue with --resume)" if out else ""
+        raise Interrupted(f"interrupted{where}") from None
+    if common.format == "json":
+        console.print_json(result.to_json())
+    else:
+        print_table(result)
+    for note in result.model.get("notes", []):
+        if "sound lower bounds unavailable" in note and not common.quiet:
+            console.warn(note)
+    if out is not None and not common.quiet:
+        console.err.print(f"results written to {out}")
+
+
+def prepare_out(out: Path | None) -> Path | None:
+    from l0tre_core.errors import DataError
+
+    if out is None:
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".l0tre-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def print_table(result: RunResult) -> None:
+    table = Table(show_edge=False, title="L0 robustness (pixels that must change)")
+    for col in ("index", "label", "ref", "lower", "upper", "guarantee", "exact", "evals", "seconds"):
+        table.add_column(col, justify="right" if col not in ("guarantee",) else "left")
+    for s in result.samples:
+        table.add_row(
+            str(s.index), "-" if s.label is None else str(s.label), str(s.reference), str(s.lower),
+            "?" if s.upper is None else str(s.upper), s.guarantee, "yes" if s.exact else "",
+            f"{s.evaluations:,}", f"{s.seconds:.2f}",
+        )
+    console.out.print(table)
+    up = result.global_upper
+    console.out.print(
+        f"global robustness (mean d* over {len(result.samples)} inputs): "
+        f"lower {result.global_lower:.3f}, upper {'?' if up is None else f'{up:.3f}'}; "
+        f"lower-bound guarantees: {', '.join(sorted({s.guarantee for s in result.samples}))}; "
+        f"{sum(s.exact for s in result.samples)} exact; {result.seconds:.1f}s"
+    )
