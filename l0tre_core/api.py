@@ -14,7 +14,7 @@ from l0tre_core.bounds import SampleState
 from l0tre_core.checkpoint import Checkpoint, file_digest
 from l0tre_core.data import Dataset
 from l0tre_core.driver import LOWER_MODES, Budget, Driver
-from l0tre_core.errors import EnvironmentProblem, UsageError
+from l0tre_core.errors import DataError, EnvironmentProblem, UsageError
 from l0tre_core.events import BoundUpdate
 from l0tre_core.model import Classifier
 from l0tre_core.results import RunResult, write_results
@@ -107,6 +107,10 @@ def evaluate(
     checkpoint = None
     states: dict[int, SampleState] = {}
     if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
         checkpoint = Checkpoint(out, identity)
         if resume:
             states = checkpoint.load(classifier.encoder(threat.unit).channels)

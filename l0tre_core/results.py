@@ -159,7 +159,8 @@ def convergence_png(result: RunResult) -> bytes:
     ax.set_xlabel("seconds")
     ax.set_ylabel("mean L0 distance (pixels)")
     ax.set_title("anytime bounds of global robustness")
-    ax.legend(loc="best")
+    if result.history:
+        ax.legend(loc="best")
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()
