@@ -167,7 +167,9 @@ def build_classifier(
     geometry = geometry_for(runtime.input_shape, card.layout, card.channels)
     out_dims = [d for d in runtime.output_shape[1:]]
     k = math.prod(d for d in out_dims if isinstance(d, int)) if out_dims else 0
-    if not out_dims or not all(isinstance(d, int) for d in out_dims) or k < 2:
+    # One axis of class scores; other axes may only be 1 ([N, K] or e.g. [N, K, 1, 1]).
+    score_axes = [d for d in out_dims if d != 1]
+    if not out_dims or not all(isinstance(d, int) for d in out_dims) or k < 2 or len(score_axes) != 1:
         raise ModelError(
             f"the output {runtime.output_name!r} has shape {_dims(runtime.output_shape)}; "
             "l0tre needs a classifier with one score per class ([N, K], K >= 2)"

@@ -21,6 +21,7 @@ from l0tre_core.errors import PluginError
 
 GROUP = "l0tre"
 DISABLE_AUTOLOAD_ENV = "L0TRE_DISABLE_PLUGIN_AUTOLOAD"
+CORE_PLUGIN = "l0tre-core"
 REGISTRY_HOOKS = {
     "data_formats": "l0tre_register_data_formats",
     "backends": "l0tre_register_backends",
@@ -111,6 +112,8 @@ def create_host(
     plugins = list(plugins)
     for spec in plugins:
         if spec.startswith("no:"):
+            if spec[3:] == CORE_PLUGIN:
+                raise PluginError(f"the engine's own plugin {CORE_PLUGIN!r} cannot be blocked")
             pm.set_blocked(spec[3:])
     if autoload is None:
         autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("1", "true", "yes")
@@ -128,10 +131,12 @@ def create_host(
             module = importlib.import_module(spec)
         except Exception as exc:
             raise PluginError(f"cannot load plugin module {spec!r} given with -p: {exc}") from None
+        if pm.is_registered(module):  # already loaded from its entry point: -p is then a no-op
+            continue
         _register(pm, module, spec)
     from l0tre_core import builtin
 
-    _register(pm, builtin, "l0tre-core")
+    _register(pm, builtin, CORE_PLUGIN)
     for obj in extra:
         _register(pm, obj, getattr(obj, "__name__", None))
     try:

@@ -49,7 +49,8 @@ class SearchContext:
         self.probs = classifier.card.output == "probs"
         clean = classifier.run_flat(self.base[None])
         self.clean_score = float(self._score(clean)[0])
-        self._buffer: Any = None
+        self._buffer: Any = None  # reused perturbation batch, clean except at _dirty
+        self._dirty: Any = None
 
     def _score(self, outputs: np.ndarray) -> np.ndarray:
         return score(outputs, self.ref, self.threat.score, self.probs)
@@ -57,8 +58,13 @@ class SearchContext:
     def run_changes(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Model outputs for ``units [B, t]`` set to data-space ``values [B, t, Cu]``."""
         pos, val = self.encoder.encode(units, values)
-        batch = self.kernels.perturb(self.base_dev, self.kernels.asarray(pos), self.kernels.asarray(val), self._buffer)
-        self._buffer = batch if self._buffer is None or batch.shape[0] >= self._buffer.shape[0] else self._buffer
+        pos_dev = self.kernels.asarray(pos)
+        fresh = self._buffer is None or self._buffer.shape[0] < len(pos)
+        batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val), None if fresh else self._buffer,
+                                     None if fresh else self._dirty)
+        if fresh:
+            self._buffer = batch
+        self._dirty = pos_dev
         return self.classifier.run_flat(batch)
 
     def units_image(self, xu: np.ndarray) -> np.ndarray:

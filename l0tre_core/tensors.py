@@ -9,18 +9,18 @@ batch and running it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import comb
 from typing import Any
 
 import numpy as np
 
 
+@lru_cache(maxsize=16)
 def binomial_table(n: int, t: int) -> np.ndarray:
     """``table[c, k] = C(c, k)`` for c <= n, k <= t, as int64 (exact while C(n, t) < 2**63)."""
-    table = np.zeros((n + 1, t + 1), np.int64)
-    for c in range(n + 1):
-        for k in range(t + 1):
-            table[c, k] = comb(c, k)
+    table = np.array([[comb(c, k) for k in range(t + 1)] for c in range(n + 1)], np.int64)
+    table.setflags(write=False)
     return table
 
 
@@ -112,16 +112,20 @@ class NumpyKernels:
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
-    def perturb(self, base: Any, positions: np.ndarray, values: np.ndarray, out: Any = None) -> Any:
+    def perturb(self, base: Any, positions: np.ndarray, values: np.ndarray, out: Any = None, dirty: Any = None) -> Any:
         """``out[b] = base`` then ``out[b, positions[b, j]] = values[b, j]``.
 
         ``base`` is a flat model-space input ``[D]``; ``positions`` and ``values`` are ``[B, M]``
-        (M = changed units x channels). Returns ``[B, D]`` float32.
+        (M = changed units x channels). Returns ``[B, D]`` float32. When ``out`` is the buffer of
+        the previous call and ``dirty`` the positions that call wrote, only those are restored
+        instead of copying ``base`` into every row: the copy would cost more than the model.
         """
         b = positions.shape[0]
-        if out is None or out.shape[0] < b:
-            out = np.empty((b, base.shape[0]), np.float32)
+        if out is None or out.shape[0] < b or dirty is None:
+            out = np.empty((b, base.shape[0]), np.float32) if out is None or out.shape[0] < b else out
+            out[...] = base
+        else:
+            np.put_along_axis(out[: dirty.shape[0]], dirty, base[dirty], axis=1)
         out = out[:b]
-        out[...] = base
         np.put_along_axis(out, positions, values, axis=1)
         return out

@@ -9,6 +9,7 @@ import numpy as np
 from l0tre_core.registry import RawData
 from l0tre_formats._common import NUMPY_READ_ERRORS, as_labels, data_error, read_labels, reason
 
+
 class NpzFormat:
     name = "npz"
     description = "NumPy .npz with arrays x (samples, any shape) and y (labels, optional)"
