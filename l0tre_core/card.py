@@ -148,7 +148,10 @@ def metadata_fields(metadata: Mapping[str, str]) -> dict[str, Any]:
         if key.startswith("l0tre."):
             name = key[len("l0tre."):]
             if name in CARD_FIELDS or name == "description":
-                out[name] = json.loads(value) if value[:1] in "[{" else value
+                try:
+                    out[name] = json.loads(value) if value[:1] in "[{" else value
+                except json.JSONDecodeError as exc:
+                    raise CardError(f"the model's metadata entry {key!r} is not valid JSON: {exc}") from None
     return out
 
 

@@ -22,6 +22,7 @@ from l0tre_formats import CsvFormat, FolderFormat, IdxFormat, NpzFormat
 
 MNIST = Path("/work/shared/data/mnist")
 MNIST_IMAGES = MNIST / "t10k-images-idx3-ubyte.gz"
+needs_mnist = pytest.mark.skipif(not MNIST_IMAGES.exists(), reason="the shared MNIST files are not on this machine")
 
 npz, idx, csv, folder = NpzFormat(), IdxFormat(), CsvFormat(), FolderFormat()
 
@@ -70,6 +71,7 @@ def test_the_four_formats_are_registered_through_the_entry_point() -> None:
         assert isinstance(fmt, DataFormat) and fmt.description
 
 
+@needs_mnist
 def test_find_format_picks_each_format(tmp_path: Path) -> None:
     formats = create_host().registry("data_formats")
     (tmp_path / "a.NPZ").write_bytes(npz_bytes(x=np.zeros((1, 2))))
@@ -146,6 +148,7 @@ def test_npz_holding_a_single_npy_array_is_explained(tmp_path: Path) -> None:
 # --- idx ------------------------------------------------------------------------------------------
 
 
+@needs_mnist
 def test_idx_reads_real_mnist_with_labels_found_beside() -> None:
     assert idx.matches(MNIST_IMAGES)
     raw = idx.load(MNIST_IMAGES, None)
@@ -211,6 +214,7 @@ def test_idx_corrupt_gzip_and_trailing_bytes_are_data_errors(tmp_path: Path) -> 
         idx.load(q, None)
 
 
+@needs_mnist
 def test_idx_labels_file_given_as_images_is_explained() -> None:
     with pytest.raises(DataError, match="labels file, not images"):
         idx.load(MNIST / "t10k-labels-idx1-ubyte.gz", None)
@@ -347,6 +351,7 @@ def test_csv_binary_file_is_a_data_error(tmp_path: Path) -> None:
 # --- fitted to a model by the core --------------------------------------------------------------
 
 
+@needs_mnist
 def test_idx_fits_an_nchw_model() -> None:
     geometry = geometry_for((None, 1, 28, 28), "nchw", None)
     raw = idx.load(MNIST_IMAGES, None)

@@ -66,10 +66,20 @@ class OrtRuntime:
             return self._run_device(batch)
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if self.batching == "loop":
-            outs = [self.session.run([self.output_name], {self.input_name: x[i : i + 1]})[0] for i in range(len(x))]
-            return np.concatenate(outs).reshape(len(x), -1).astype(np.float32, copy=False)
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
-        return np.asarray(out, np.float32).reshape(len(x), -1)
+            outs = [self._run_session(x[i : i + 1]) for i in range(len(x))]
+            return _per_sample(np.concatenate(outs), len(x), x.shape).astype(np.float32, copy=False)
+        out = self._run_session(x)
+        return _per_sample(np.asarray(out, np.float32), len(x), x.shape)
+
+    def _run_session(self, x: np.ndarray) -> np.ndarray:
+        # A graph that loads can still fail on real inputs (a Reshape that only fits some batch
+        # sizes, ...): that is a fault of the model, not a crash of l0tre.
+        try:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise ModelError(
+                f"onnxruntime failed to run the model on a batch of shape {list(x.shape)}: {_first_line(exc)}"
+            ) from None
 
     def _run_device(self, batch: Any) -> np.ndarray:
         """A CuPy batch: bound in place on the GPU when the session runs on CUDA."""
@@ -85,9 +95,29 @@ class OrtRuntime:
             self.input_name, "cuda", x.device.id, np.float32, tuple(x.shape), x.data.ptr
         )
         binding.bind_output(self.output_name, "cpu")
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise ModelError(
+                f"onnxruntime failed to run the model on a batch of shape {list(x.shape)}: {_first_line(exc)}"
+            ) from None
         out = binding.copy_outputs_to_cpu()[0]
-        return np.asarray(out, np.float32).reshape(len(x), -1)
+        return _per_sample(np.asarray(out, np.float32), len(x), tuple(x.shape))
+
+
+def _per_sample(out: np.ndarray, n: int, in_shape: tuple[int, ...]) -> np.ndarray:
+    """``out`` as ``[n, K]``, or a ModelError when the model did not return one row per input."""
+    if out.ndim == 0 or out.shape[0] != n:
+        raise ModelError(
+            f"the model returned outputs of shape {list(out.shape)} for {n} inputs of shape {list(in_shape)}; "
+            "l0tre needs one row of class scores per input"
+        )
+    return out.reshape(n, -1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
 
 
 def _pick(values: list[Any], wanted: str | None, what: str, flag: str) -> Any:
@@ -105,7 +135,7 @@ def _pick(values: list[Any], wanted: str | None, what: str, flag: str) -> Any:
 
 def _session(ort: Any, model_bytes: bytes, providers: list[Any], threads: int) -> Any:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: errors reach the user as our one-line ModelError
     so.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(model_bytes, sess_options=so, providers=providers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any, List, Optional
 
 import typer
@@ -34,35 +35,48 @@ def create_app(host: PluginHost | None = None) -> typer.Typer:
     def root(
         ctx: typer.Context,
         plugin: Annotated[Optional[List[str]], typer.Option("-p", "--plugin", help="Load a plugin module (or block one with no:NAME)", show_default=False)] = None,
-        version: Annotated[bool, typer.Option("--version", help="Show the version and exit")] = False,
+        version: Annotated[bool, typer.Option("--version", help="Show the version and exit", is_eager=True, callback=_show_version)] = False,
     ) -> None:
-        if version:
-            console.out.print(f"l0tre {l0tre_core.__version__}")
-            raise typer.Exit(0)
         ctx.obj = host
 
     from l0tre_cli import builtin
 
     builtin.register(app)
-    before = _command_names(app)
-    host.hook.l0tre_register_commands(app=app)
-    _check_unique(app, before)
+    _register_plugin_commands(app, host)
     return app
+
+
+def _register_plugin_commands(app: typer.Typer, host: PluginHost) -> None:
+    """Call each plugin's ``l0tre_register_commands`` (in pluggy's order), refusing duplicate names."""
+    owners = {name: "l0tre (built-in)" for name in _command_names(app)}
+    for impl in reversed(host.hook.l0tre_register_commands.get_hookimpls()):
+        before = Counter(_command_names(app))
+        try:
+            impl.function(app=app)
+        except L0treError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r} failed to register its commands: {type(exc).__name__}: {exc}") from None
+        for name in (Counter(_command_names(app)) - before).elements():
+            if name in owners:
+                raise PluginError(
+                    f"the command {name!r} is registered by both {owners[name]!r} and {impl.plugin_name!r}; "
+                    "block one with -p no:NAME"
+                )
+            owners[name] = impl.plugin_name
+
+
+def _show_version(value: bool) -> None:
+    # Eager, so that `l0tre --version` works without a command.
+    if value:
+        console.out.print(f"l0tre {l0tre_core.__version__}")
+        raise typer.Exit(0)
 
 
 def _command_names(app: typer.Typer) -> list[str]:
     names = [c.name or (c.callback.__name__.replace("_", "-") if c.callback else "") for c in app.registered_commands]
     names += [g.name or "" for g in app.registered_groups]
     return names
-
-
-def _check_unique(app: typer.Typer, before: list[str]) -> None:
-    names = _command_names(app)
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise PluginError(f"two plugins register the command {name!r}; block one with -p no:NAME")
-        seen.add(name)
 
 
 def plugin_args(argv: list[str]) -> list[str]:

@@ -56,7 +56,7 @@ def _print_info(report: dict[str, Any]) -> None:
     console.out.print(f"providers  {', '.join(m['providers'])}  (batching: {m['batching']})")
     table = Table(title="model card", show_edge=False)
     table.add_column("field")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # never cut class names or means with an ellipsis
     table.add_column("from")
     card = m["card"]
     for field in ("layout", "range", "mean", "std", "output", "classes", "channels"):

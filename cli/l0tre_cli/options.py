@@ -71,12 +71,27 @@ class Common:
         }
         return {k: v for k, v in flags.items() if v is not None}
 
+    def checked_card_flags(self) -> dict[str, Any]:
+        """The card flags, refused as a usage error (exit 2) when a value is out of its domain.
+
+        Whether a well-formed card fits the model is checked later (a CardError, exit 3).
+        """
+        from l0tre_core.card import resolve_card
+        from l0tre_core.errors import CardError
+
+        flags = self.card_flags()
+        try:
+            resolve_card(flags=flags, sidecar={}, metadata={}, inferred={})
+        except CardError as exc:
+            raise UsageError(str(exc)) from None
+        return flags
+
     def load_model(self) -> Any:
         from l0tre_core.model import load_model
 
         clf = load_model(
             self.model,
-            card=self.card_flags(),
+            card=self.checked_card_flags(),
             device=self.device,
             batch_size=self.batch_size,
             input_name=self.input_name,
