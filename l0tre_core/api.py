@@ -61,6 +61,22 @@ def resolve_lower(mode: str, classifier: Classifier, host: Any) -> tuple[str, An
     raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")
 
 
+def resolve_upper(names: Iterable[str] | None, host: Any) -> list[Any]:
+    """The extra upper-bound searches to run after the built-in sensitivity search: the named
+    ones, or every installed one when ``names`` is None."""
+    methods = {name: m for name, m in host.registry("bound_methods").items() if m.kind == "upper" and name != "sensitivity"}
+    if names is None:
+        return [methods[name] for name in sorted(methods)]
+    chosen = []
+    for name in names:
+        if name in ("sensitivity", "none"):
+            continue
+        if name not in methods:
+            raise UsageError(f"unknown upper-bound method {name!r} (installed: {', '.join(['sensitivity', *sorted(methods)])})")
+        chosen.append(methods[name])
+    return chosen
+
+
 def evaluate(
     classifier: Classifier,
     data: Dataset,
@@ -74,6 +90,7 @@ def evaluate(
     seed: int = 0,
     host: Any = None,
     listeners: Iterable[Listener] = (),
+    upper: Iterable[str] | None = None,
 ) -> RunResult:
     """Bound the minimal adversarial distance of every input in ``data``; anytime, resumable.
 
@@ -99,6 +116,7 @@ def evaluate(
         "threat": threat.to_dict(),
         "max_t": budget.max_t,
         "lower": lower_mode,
+        "upper": sorted(m.name for m in resolve_upper(upper, host)),
         "seed": seed,
         "version": l0tre_core.__version__,
     }
@@ -124,7 +142,7 @@ def evaluate(
 
     driver = Driver(
         classifier, threat, budget, kernels, lower=lower_mode, certifier=certifier,
-        listeners=[record, *listeners],
+        listeners=[record, *listeners], upper_methods=resolve_upper(upper, host), seed=seed,
     )
     interrupted = False
     try:
@@ -148,7 +166,8 @@ def evaluate(
         model=model_info,
         threat=threat.to_dict(),
         budget={"max_t": budget.max_t, "time_limit": budget.time_limit, "input_time_limit": budget.input_time_limit,
-                "lower": lower_mode, "kernels": kernels.name},
+                "lower": lower_mode, "upper": ["sensitivity", *(m.name for m in driver.upper_methods)],
+                "kernels": kernels.name},
         data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
         samples=samples,
         seconds=time.monotonic() - started,

@@ -60,6 +60,8 @@ class Driver:
     kernels: Any
     lower: str = "discrete"  # discrete | sound | both (auto is resolved before)
     certifier: Any = None  # sound certifier, needed for sound and both
+    upper_methods: list[Any] = field(default_factory=list)  # extra upper-bound searches, run after each level
+    seed: int = 0
     listeners: list[Callable[[BoundUpdate, SampleState], None]] = field(default_factory=list)
     stop_requested: bool = False
 
@@ -184,4 +186,18 @@ class Driver:
                         state.offer(w)
             if not sens.complete and sens.flip is None:
                 return False
+        self._improve_upper(ctx, t, state, deadline)
         return True
+
+    def _improve_upper(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None) -> None:
+        """Give the registered upper-bound searches their turn; keep what verifies and is smaller."""
+        for method in self.upper_methods:
+            if state.exact:
+                return
+            # seeded by (run seed, input, level), never by order of arrival: resumed runs agree
+            rng = np.random.default_rng([self.seed, state.index, t])
+            witness = method.improve(ctx, state, deadline, rng)
+            if witness is not None:
+                witness = Witness.between(ctx.x_units, witness.apply(ctx.x_units))
+                if ctx.verify(witness):
+                    state.offer(witness)

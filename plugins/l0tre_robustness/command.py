@@ -32,6 +32,7 @@ def robustness(
     unit: Annotated[str, typer.Option("--unit", help="What counts as one change: pixel (all its channels) or feature", rich_help_panel=PANEL)] = "pixel",
     against: Annotated[str, typer.Option("--against", help="Reference label: the model's prediction or the ground-truth label", rich_help_panel=PANEL)] = "prediction",
     score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin (ref minus best other) or logit (ref alone, as the original)", rich_help_panel=PANEL)] = "margin",
+    upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches after the sensitivity search (repeatable; default: every installed one; 'none' for none)", rich_help_panel=PANEL, show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out", rich_help_panel=PANEL)] = False,
 ) -> None:
     budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)
@@ -46,7 +47,7 @@ def robustness(
         with view:
             result = evaluate(
                 model, data, threat=threat, budget=budget, lower=lower, device=common.device,
-                out=out, resume=resume, seed=common.seed, host=common.host, listeners=[view],
+                out=out, resume=resume, seed=common.seed, host=common.host, listeners=[view], upper=upper,
             )
     except KeyboardInterrupt:
         where = f"; partial results and checkpoint in {out} (continue with --resume)" if out else ""
