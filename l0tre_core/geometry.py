@@ -76,6 +76,13 @@ def infer_layout(shape: Sequence[Any]) -> str | None:
             return "nchw"
         if last in small and first not in small:
             return "nhwc"
+        # both ends could be channels: a single channel, then square images, decide
+        if last == 1 and first != 1:
+            return "nhwc"
+        if first == 1 and last != 1:
+            return "nchw"
+        if dims[0] == dims[1] and dims[1] != dims[2]:
+            return "nhwc"
         return "nchw" if isinstance(first, int) else None
     if len(dims) in (1, 2):
         return "flat"
