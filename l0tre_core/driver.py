@@ -124,6 +124,10 @@ class Driver:
             deadline = own if deadline is None else min(deadline, own)
         evals0 = self.classifier.evaluations
         ctx = SearchContext(self.classifier, self.kernels, self.threat, x, state.reference, self.budget.chunk)
+        if state.level >= 1 and self.upper_methods and not state.exact:
+            # a resumed input: rebuild the t = 1 ranking other searches draw on, as the
+            # uninterrupted run had it (cheap, and the same every time)
+            ctx.sweep(1, None)
 
         def account() -> None:
             state.evaluations += self.classifier.evaluations - account.last  # type: ignore[attr-defined]

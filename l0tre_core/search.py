@@ -48,11 +48,13 @@ class SearchContext:
         self.base_dev = kernels.asarray(self.base)
         self.probs = classifier.card.output == "probs"
         clean = classifier.run_flat(self.base[None])
-        self.clean_score = float(self._score(clean)[0])
+        self.clean_score = float(self.score(clean)[0])
+        self.sensitivities: dict[int, Sensitivity] = {}  # the latest sweep of each level, for other searches
         self._buffer: Any = None  # reused perturbation batch, clean except at _dirty
         self._dirty: Any = None
 
-    def _score(self, outputs: np.ndarray) -> np.ndarray:
+    def score(self, outputs: np.ndarray) -> np.ndarray:
+        """The search's score of each output row (margin or reference score, as the threat says)."""
         return score(outputs, self.ref, self.threat.score, self.probs)
 
     def run_changes(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -82,6 +84,11 @@ class SearchContext:
     # --- level-t sweep ----------------------------------------------------------------------------
 
     def sweep(self, t: int, deadline: float | None, top_k: int = TOP_K) -> Sensitivity:
+        result = self._sweep(t, deadline, top_k)
+        self.sensitivities[t] = result
+        return result
+
+    def _sweep(self, t: int, deadline: float | None, top_k: int) -> Sensitivity:
         n, nv = self.encoder.n_units, len(self.values)
         per_subset = nv**t
         total = comb(n, t)
@@ -106,7 +113,7 @@ class SearchContext:
                 i = int(np.argmax(flipped))
                 w = Witness(units[i].copy(), values[i].copy())
                 return Sensitivity(t, False, w, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
-            s = self._score(out).reshape(m, per_subset)
+            s = self.score(out).reshape(m, per_subset)
             arg = s.argmin(axis=1)
             keep_sub = np.concatenate([keep_sub, subsets])
             keep_val = np.concatenate([keep_val, assign_values[arg]])

@@ -1,0 +1,80 @@
+"""The ``attack`` command."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from l0tre_cli import Common, common_options
+from l0tre_cli import console
+from l0tre_core.errors import DataError, Interrupted
+from l0tre_core.threat import ThreatModel
+from l0tre_attack.progress import AttackProgress
+from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
+from l0tre_attack.search import DEFAULT_K_CAP, DEFAULT_QUERIES
+
+PANEL = "Attack"
+
+
+@common_options
+def attack(
+    common: Common,
+    budget: Annotated[int, typer.Option("--budget", help="Random-search evaluations per input, after the t=1 sensitivity sweep (0: sensitivity search alone)", rich_help_panel=PANEL)] = DEFAULT_QUERIES,
+    k_max: Annotated[int, typer.Option("--k-max", help="Most pixels an adversarial example may change to count as a success", rich_help_panel=PANEL)] = DEFAULT_K_CAP,
+    values: Annotated[str, typer.Option("--values", help="Values a changed pixel may take: corners or grid:K", rich_help_panel=PANEL)] = "corners",
+    against: Annotated[str, typer.Option("--against", help="Label to move away from: the model's prediction or the ground-truth label", rich_help_panel=PANEL)] = "prediction",
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds for the whole run", rich_help_panel=PANEL, show_default=False)] = None,
+    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
+) -> None:
+    check_settings(budget, k_max, time_limit, input_time_limit)
+    model = common.load_model()
+    threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, values=values, against=against)
+    data = common.load_data(model)
+    out = common.out
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    view = AttackProgress(len(data), model, quiet=common.quiet or common.format == "json")
+    with view:
+        result = run_attack(
+            model, data, threat=threat, budget=budget, k_max=k_max, seed=common.seed, device=common.device,
+            host=common.host, time_limit=time_limit, input_time_limit=input_time_limit, listeners=[view],
+        )
+    if out is not None:
+        write_outputs(result, out, data, model.geometry)
+    if common.format == "json":
+        console.print_json(result.to_json())
+    else:
+        print_table(result)
+    if out is not None and not common.quiet:
+        console.err.print(f"results written to {out}")
+    if result.interrupted:
+        where = f"; results for the inputs done are in {out}" if out else ""
+        raise Interrupted(f"interrupted after {len(result.records)} of {len(data)} inputs{where}")
+
+
+def print_table(result: AttackResult) -> None:
+    table = Table(show_edge=False, title="L0 attack (pixels changed by the smallest adversarial example found)")
+    for col in ("index", "label", "ref", "L0", "evals", "seconds"):
+        table.add_column(col, justify="right")
+    for r in result.records:
+        table.add_row(
+            str(r.index), "-" if r.label is None else str(r.label), str(r.reference),
+            "-" if r.l0 is None else str(r.l0), f"{r.evaluations:,}", f"{r.seconds:.2f}",
+        )
+    console.out.print(table)
+    s = result.summary
+    rates = "  ".join(f"<={k}: {100 * s['success_at'][str(k)]:.0f}%" for k in SUCCESS_AT)
+    median = "-" if s["median_l0"] is None else f"{s['median_l0']:g}"
+    console.out.print(
+        f"success {s['successes']}/{s['inputs']} ({100 * s['success_rate']:.0f}%) at L0 <= {result.settings['k_max']}; "
+        f"median L0 {median}; {result.seconds:.1f}s"
+    )
+    console.out.print(f"success rate at L0: {rates}")
+    if not result.complete:
+        console.out.print(f"stopped early: {len(result.records)} of {result.data['inputs']} inputs attacked")

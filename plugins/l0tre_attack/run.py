@@ -1,0 +1,364 @@
+"""The attack from Python: ``run_attack(model, data)`` does what ``l0tre attack`` does.
+
+Per input: L0-TRE's t = 1 sensitivity sweep, the cumulative union of the most sensitive pixels and
+its tightening, then the random search that shrinks the example within a query budget. Every
+reported adversarial example is re-run through the model and its distance recounted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from l0tre_core.bounds import Witness
+from l0tre_core.errors import UsageError
+from l0tre_core.search import SearchContext
+from l0tre_core.threat import ThreatModel
+from l0tre_attack.search import DEFAULT_BATCH, RandomSearch, UnitPrior
+
+SUCCESS_AT = (1, 2, 4, 8, 16, 32)
+CHUNK = 4096
+PNG_PAIRS = 16
+
+
+@dataclass
+class AttackRecord:
+    """The attack on one input."""
+
+    index: int  # position in the data file
+    label: int | None
+    reference: int
+    witness: Witness | None  # the reported adversarial example (None: the attack failed)
+    adversarial_label: int | None
+    l0_sensitivity: int | None  # size after the sensitivity search and tightening alone
+    lower: int  # proven over V by the t = 1 sweep: 2 when no single pixel of V flips the label
+    found_by: str | None  # "sensitivity", "random-search" or "clean" (misclassified, --against label)
+    evaluations: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def l0(self) -> int | None:
+        return None if self.witness is None else self.witness.size
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "label": self.label,
+            "reference": self.reference,
+            "l0": self.l0,
+            "success": self.witness is not None,
+            "adversarial_label": self.adversarial_label,
+            "l0_sensitivity": self.l0_sensitivity,
+            "lower_over_values": self.lower,
+            "found_by": self.found_by,
+            "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 4),
+            "notes": self.notes,
+            "witness": None if self.witness is None else self.witness.to_json(),
+        }
+
+
+def summarise(records: list[AttackRecord]) -> dict[str, Any]:
+    """Success rate at L0 <= k and the median L0 (failures count as infinitely far)."""
+    n = len(records)
+    l0 = np.array([math.inf if r.l0 is None else r.l0 for r in records], float)
+    found = l0[np.isfinite(l0)]
+    median = float(np.median(l0)) if n else math.inf
+    return {
+        "inputs": n,
+        "successes": int(len(found)),
+        "success_rate": float(len(found) / n) if n else 0.0,
+        "success_at": {str(k): float(np.mean(l0 <= k)) if n else 0.0 for k in SUCCESS_AT},
+        "median_l0": median if math.isfinite(median) else None,
+        "mean_l0_of_successes": float(found.mean()) if len(found) else None,
+        "evaluations": int(sum(r.evaluations for r in records)),
+    }
+
+
+@dataclass
+class AttackResult:
+    model: dict[str, Any]
+    threat: dict[str, Any]
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    records: list[AttackRecord]
+    seconds: float
+    complete: bool = True
+    interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM) rather than by a time limit
+    images: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index -> clean, adv [P, C]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        out = summarise(self.records)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": "attack",
+            "model": self.model,
+            "threat": self.threat,
+            "attack": self.settings,
+            "data": self.data,
+            "complete": self.complete,
+            "interrupted": self.interrupted,
+            "summary": self.summary,
+            "samples": [r.to_json() for r in self.records],
+        }
+
+
+def attack_input(ctx: SearchContext, search: RandomSearch, rng: np.random.Generator, deadline: float | None,
+                 budget: int) -> tuple[Witness | None, int | None, int, str | None]:
+    """Sensitivity search, union and tightening, then random search; the best verified example,
+    the size after the sensitivity stage, the lower bound over V and which stage found it."""
+    sens = ctx.sweep(1, deadline)
+    lower = 1
+    w: Witness | None = None
+    if sens.flip is not None:
+        w = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
+    elif sens.complete:
+        lower = 2
+    if w is None and len(sens.subsets):
+        union = ctx.cumulative_union(sens)
+        if union is not None:
+            w = ctx.tighten(union)
+    if w is not None and not ctx.verify(w):
+        w = None
+    l0_sens = None if w is None else w.size
+    found_by = None if w is None else "sensitivity"
+    if budget > 0 and (w is None or w.size > lower):
+        prior = UnitPrior.from_sensitivity(sens, ctx.encoder.n_units, ctx.values)
+        outcome = search.search(ctx, w, rng, deadline, lower=lower, queries=budget, prior=prior)
+        if outcome.witness is not None and (w is None or outcome.witness.size < w.size):
+            w, found_by = outcome.witness, "random-search"
+    return w, l0_sens, lower, found_by
+
+
+def check_settings(budget: int, k_max: int, time_limit: float | None, input_time_limit: float | None) -> None:
+    """Refuse settings out of their domain (a UsageError naming the flag)."""
+    if budget < 0:
+        raise UsageError(f"--budget must be >= 0 evaluations, got {budget}")
+    if k_max < 1:
+        raise UsageError(f"--k-max must be at least 1, got {k_max}")
+    for name, value in (("--time-limit", time_limit), ("--input-time-limit", input_time_limit)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{name} must be a positive number of seconds, got {value}")
+
+
+def run_attack(
+    classifier: Any,
+    data: Any,
+    *,
+    threat: ThreatModel | None = None,
+    budget: int = 2000,
+    k_max: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    host: Any = None,
+    time_limit: float | None = None,
+    input_time_limit: float | None = None,
+    listeners: Iterable[Callable[[AttackRecord, int, int], None]] = (),
+    batch: int = DEFAULT_BATCH,
+) -> AttackResult:
+    """Attack every input of ``data``; listeners get ``(record, done, total)`` after each input.
+
+    ``budget`` is the random search's evaluations per input (on top of the sweep, which costs
+    pixels x |V|); ``k_max`` is the most pixels an example may change to count as a success (and
+    the largest k the random search tries when the sensitivity search found nothing).
+    Ctrl-C stops after the current input; the result then holds the inputs done and
+    ``complete`` is False.
+    """
+    from l0tre_core.api import pick_kernels
+    from l0tre_core.plugins import create_host
+
+    check_settings(budget, k_max, time_limit, input_time_limit)
+    host = host or create_host()
+    threat = threat or ThreatModel(lo=classifier.card.lo, hi=classifier.card.hi)
+    if (threat.lo, threat.hi) != tuple(classifier.card.range):
+        raise UsageError("the threat model's range must be the model card's valid range")
+    if threat.against == "label" and data.y is None:
+        raise UsageError("--against label needs labels for the data")
+    kernels = pick_kernels(host, device)
+    search = RandomSearch(queries=budget, batch=batch, k_cap=k_max)
+    listeners = list(listeners)
+    started = time.monotonic()
+    run_deadline = None if time_limit is None else started + time_limit
+    preds = classifier.predict(data.x) if len(data) else np.zeros(0, np.int64)
+    records: list[AttackRecord] = []
+    images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    complete = True
+    interrupted = False
+    try:
+        for pos in range(len(data)):
+            if run_deadline is not None and time.monotonic() > run_deadline:
+                complete = False
+                break
+            record, pair = _attack_one(classifier, kernels, threat, search, data, pos, int(preds[pos]), seed,
+                                       budget, k_max, run_deadline, input_time_limit)
+            records.append(record)
+            if pair is not None:
+                images[record.index] = pair
+            for listener in listeners:
+                listener(record, len(records), len(data))
+    except KeyboardInterrupt:
+        interrupted = True
+    return AttackResult(
+        model=classifier.describe(),
+        threat=threat.to_dict(),
+        settings={"method": ["sensitivity", "random-search"], "budget": budget, "k_max": k_max, "seed": seed,
+                  "batch": batch, "kernels": kernels.name, "time_limit": time_limit,
+                  "input_time_limit": input_time_limit},
+        data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
+        records=records,
+        seconds=time.monotonic() - started,
+        complete=complete and not interrupted and len(records) == len(data),
+        interrupted=interrupted,
+        images=images,
+    )
+
+
+def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: RandomSearch, data: Any, pos: int,
+                pred: int, seed: int, budget: int, k_max: int, run_deadline: float | None,
+                input_time_limit: float | None) -> tuple[AttackRecord, tuple[np.ndarray, np.ndarray] | None]:
+    t0 = time.monotonic()
+    ev0 = classifier.evaluations
+    index = int(data.index[pos])
+    label = None if data.y is None else int(data.y[pos])
+    ref = label if threat.against == "label" else pred
+    deadline = run_deadline
+    if input_time_limit is not None:
+        deadline = t0 + input_time_limit if deadline is None else min(deadline, t0 + input_time_limit)
+    ctx = SearchContext(classifier, kernels, threat, data.x[pos], ref, CHUNK)
+    notes: list[str] = []
+    if pred != ref:  # misclassified and attacked against its label: the clean input is the example
+        w: Witness | None = Witness(np.zeros(0, np.int64), np.zeros((0, ctx.encoder.channels), np.float32))
+        l0_sens, lower, found_by = 0, 0, "clean"
+    else:
+        rng = np.random.default_rng([seed, index])
+        w, l0_sens, lower, found_by = attack_input(ctx, search, rng, deadline, budget)
+    adv_label = None
+    if w is not None:
+        # the final check: re-run through the model's ordinary input path, recount the distance
+        adv = w.apply(ctx.x_units)
+        recount = Witness.between(ctx.x_units, adv)
+        if recount.size != w.size or not (w.size == 0 or ctx.verify(w)):
+            notes.append(f"discarded an example that failed re-verification (L0 {w.size})")
+            w = None
+        elif w.size > k_max:
+            notes.append(f"best example changes {w.size} pixels, more than --k-max {k_max}")
+            w = None
+        else:
+            adv_label = int(classifier.predict(adv.reshape(1, *data.x.shape[1:]))[0])
+    record = AttackRecord(index, label, ref, w, adv_label, l0_sens, lower, found_by if w is not None else None,
+                          classifier.evaluations - ev0, time.monotonic() - t0, notes)
+    pair = None if w is None else (data.x[pos].copy(), w.apply(ctx.x_units).reshape(data.x.shape[1:]))
+    return record, pair
+
+
+# --- result files ---------------------------------------------------------------------------------
+
+
+def write_outputs(result: AttackResult, folder: Path, data: Any, geometry: Any) -> list[Path]:
+    """``attacks.json``, ``adversarial.npz`` (index, x_adv in the data file's per-sample layout)
+    and ``adversarial.png`` (up to 16 clean/adversarial pairs, changed pixels marked)."""
+    from l0tre_core.results import atomic_write
+
+    written = []
+    path = folder / "attacks.json"
+    atomic_write(path, lambda fh: json.dump(result.to_json(), fh, indent=2, default=_json_default))
+    written.append(path)
+
+    idx = sorted(result.images)
+    x_adv = (data.to_file_layout(np.stack([result.images[i][1] for i in idx]), geometry).astype(np.float32)
+             if idx else np.zeros((0, *data.sample_shape), np.float32))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, index=np.asarray(idx, np.int64), x_adv=x_adv)
+    path = folder / "adversarial.npz"
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=True)
+    written.append(path)
+
+    png = adversarial_png(result, geometry)
+    path = folder / "adversarial.png"
+    atomic_write(path, lambda fh: fh.write(png), binary=True)
+    written.append(path)
+    return written
+
+
+def _image_shape(geometry: Any) -> tuple[int, int]:
+    if geometry.image_shape:
+        return tuple(geometry.image_shape)  # type: ignore[return-value]
+    p = geometry.n_pixels
+    side = int(round(math.sqrt(p)))
+    return (side, side) if side * side == p else (1, p)
+
+
+def _display(x: np.ndarray, shape: tuple[int, int], lo: float, hi: float) -> tuple[np.ndarray, str | None]:
+    img = (np.asarray(x, np.float32) - lo) / max(hi - lo, 1e-12)
+    img = np.clip(img, 0, 1)
+    c = img.shape[-1]
+    if c == 3:
+        return img.reshape(*shape, 3), None
+    return img.mean(axis=-1).reshape(shape), "gray"
+
+
+def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    lo, hi = result.threat["range"]
+    shape = _image_shape(geometry)
+    shown = [r for r in result.records if r.witness is not None and r.index in result.images][:pairs]
+    per_row = 4
+    rows = max(1, math.ceil(len(shown) / per_row))
+    cols = 2 * min(per_row, max(1, len(shown)))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    classes = result.model.get("card", {}).get("classes")
+
+    def name(k: int | None) -> str:
+        if k is None:
+            return "?"
+        return str(classes[k]) if classes and k < len(classes) else str(k)
+
+    for i, r in enumerate(shown):
+        clean, adv = result.images[r.index]
+        ax_c, ax_a = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        img, cmap = _display(clean, shape, lo, hi)
+        ax_c.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax_c.set_title(f"#{r.index}: {name(r.reference)}", fontsize=7)
+        img, cmap = _display(adv, shape, lo, hi)
+        ax_a.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ys, xs = np.divmod(r.witness.units, shape[1])  # type: ignore[union-attr]
+        for y, x in zip(ys, xs):
+            ax_a.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=0.6))
+        ax_a.set_title(f"-> {name(r.adversarial_label)} (L0={r.l0})", fontsize=7)
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, "no adversarial examples", ha="center", va="center")
+    fig.suptitle("clean / adversarial (changed pixels in red)", fontsize=8)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,156 @@
+"""The ``design`` command: global robustness of several models on the same inputs with the same
+budget, ranked, and the comparisons their bounds prove."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from l0tre_cli import Common, common_options, console
+from l0tre_core.api import evaluate
+from l0tre_core.driver import Budget
+from l0tre_core.errors import DataError, UsageError
+from l0tre_core.results import RunResult, atomic_write
+from l0tre_core.threat import ThreatModel
+from l0tre_design.compare import ModelBounds, claims, global_guarantee, rank
+from l0tre_design.figure import design_png
+from l0tre_design.progress import ModelProgress
+
+PANEL = "Search"
+RANKING = "by global lower bound (proven), then global upper bound"
+
+
+@common_options
+def design(
+    common: Common,
+    others: Annotated[Optional[list[Path]], typer.Argument(help="The other ONNX models to compare with MODEL (card options apply to all)", metavar="OTHERS...", show_default=False)] = None,
+    max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to enumerate or certify", rich_help_panel=PANEL)] = 2,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds per model (the same for each)", rich_help_panel=PANEL, show_default=False)] = None,
+    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
+    lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto, sound, discrete or both", rich_help_panel=PANEL)] = "auto",
+    values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes in the enumeration: corners or grid:K", rich_help_panel=PANEL)] = "corners",
+    score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin or logit", rich_help_panel=PANEL)] = "margin",
+    upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches (repeatable; default: every installed one; 'none' for none)", rich_help_panel=PANEL, show_default=False)] = None,
+) -> None:
+    budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)
+    paths: list[Path | None] = [common.model, *(others or [])]
+    if len(paths) < 2:
+        raise UsageError("design compares models: give at least two (l0tre design MODEL_A MODEL_B ...)")
+    models = [dataclasses.replace(common, model=p).load_model() for p in paths]
+    names = _names(models)
+    datasets = [common.load_data(m) for m in models]
+    _check_same_inputs(models, datasets, names)
+    data = datasets[0]
+    lo, hi = models[0].card.range
+    # every model gets the same threat model, budget, seed and inputs
+    threat = ThreatModel(lo=lo, hi=hi, unit="pixel", values=values, score=score)
+    out = _prepare_out(common.out)  # before the long part: a bad --out fails at once
+    quiet = common.quiet or common.format == "json"
+    rows: list[dict[str, Any]] = []
+    for k, (name, model) in enumerate(zip(names, models), 1):
+        with ModelProgress(f"model {k}/{len(models)} {name}", len(data), quiet=quiet) as progress:
+            result = evaluate(model, datasets[k - 1], threat=threat, budget=budget, lower=lower, device=common.device,
+                              seed=common.seed, host=common.host, listeners=[progress], upper=upper)
+        rows.append(_row(name, model, datasets[k - 1], result))
+    bounds = {r["name"]: ModelBounds(r["name"], r["lower"], r["upper"], r["guarantee"]) for r in rows}
+    ranked = rank(bounds.values())
+    verdicts = claims(ranked)
+    order = {m.name: i for i, m in enumerate(ranked, 1)}
+    for r in rows:
+        r["rank"] = order[r["name"]]
+    rows.sort(key=lambda r: r["rank"])
+    report = {
+        "threat": threat.to_dict(),
+        "budget": {"max_t": max_t, "time_limit_per_model": time_limit, "input_time_limit": input_time_limit, "lower": lower},
+        "data": {"source": data.source, "inputs": len(data), "first_index": int(data.index[0])},
+        "seed": common.seed,
+        "ranking": RANKING,
+        "models": rows,
+        "claims": [dataclasses.asdict(v) for v in verdicts],
+    }
+    if common.format == "json":
+        console.print_json(report)
+    else:
+        _print(report)
+    if out is not None:
+        _write_files(out, report, [bounds[r["name"]] for r in rows])
+        if not common.quiet:
+            console.err.print(f"design comparison written to {out}")
+
+
+def _names(models: list[Any]) -> list[str]:
+    """Short names (file stems), made unique by their position when two stems are the same."""
+    stems = [Path(m.path).stem if m.path else "model" for m in models]
+    return [s if stems.count(s) == 1 else f"{s}#{i}" for i, s in enumerate(stems, 1)]
+
+
+def _check_same_inputs(models: list[Any], datasets: list[Any], names: list[str]) -> None:
+    """A comparison means something only on the same inputs in the same valid range."""
+    first, x0 = models[0], datasets[0].x
+    for model, data, name in zip(models[1:], datasets[1:], names[1:]):
+        if tuple(model.card.range) != tuple(first.card.range):
+            raise UsageError(f"{name} has valid range {model.card.range}, {names[0]} has {first.card.range}; "
+                             "models compared must share one threat model")
+        if data.x.shape != x0.shape or not np.array_equal(data.x, x0):
+            raise DataError(f"{name} does not take the same inputs as {names[0]} "
+                            f"({model.geometry.n_pixels} pixels x {model.geometry.n_channels} channels vs "
+                            f"{first.geometry.n_pixels} x {first.geometry.n_channels})")
+
+
+def _row(name: str, model: Any, data: Any, result: RunResult) -> dict[str, Any]:
+    accuracy = None
+    if data.y is not None:
+        accuracy = float(np.mean(model.predict(data.x) == data.y))
+    per_input = [s.guarantee for s in result.samples]
+    return {
+        "name": name,
+        "path": str(model.path) if model.path else None,
+        "accuracy": accuracy,
+        "lower": result.global_lower,
+        "upper": result.global_upper,
+        "guarantee": global_guarantee(per_input),
+        "guarantees": sorted(set(per_input)),
+        "exact": sum(s.exact for s in result.samples),
+        "inputs": len(result.samples),
+        "complete": result.complete,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    n = report["data"]["inputs"]
+    table = Table(show_edge=False, title=f"global robustness on the same {n} inputs (mean pixels that must change)")
+    for col in ("rank", "model", "accuracy", "lower", "guarantee", "upper", "exact", "seconds"):
+        table.add_column(col, justify="left" if col in ("model", "guarantee") else "right")
+    for r in report["models"]:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        up = "?" if r["upper"] is None else f"{r['upper']:.3f}"
+        table.add_row(str(r["rank"]), r["name"], acc, f"{r['lower']:.3f}", r["guarantee"], up,
+                      f"{r['exact']}/{r['inputs']}", f"{r['seconds']:.1f}")
+    console.out.print(table)
+    console.out.print(f"ranked {report['ranking']}; accuracy is on these inputs only")
+    for c in report["claims"]:
+        console.out.print(c["text"])
+
+
+def _prepare_out(out: Path | None) -> Path | None:
+    if out is None:
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _write_files(out: Path, report: dict[str, Any], ordered: list[ModelBounds]) -> None:
+    atomic_write(out / "design.json", lambda fh: json.dump(report, fh, indent=2))
+    png = design_png(ordered)
+    atomic_write(out / "design.png", lambda fh: fh.write(png), binary=True)

@@ -1,0 +1,126 @@
+"""The ``saliency`` command: per input, the t = 1 sensitivity map and its most sensitive pixels."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from l0tre_cli import Common, common_options, console
+from l0tre_core.api import pick_kernels
+from l0tre_core.driver import Budget
+from l0tre_core.errors import DataError, UsageError
+from l0tre_core.results import atomic_write
+from l0tre_core.search import SearchContext
+from l0tre_core.threat import ThreatModel
+from l0tre_saliency.figure import saliency_png
+from l0tre_saliency.progress import Steps
+from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
+
+PANEL = "Saliency"
+
+
+@common_options
+def saliency(
+    common: Common,
+    values: Annotated[str, typer.Option("--values", help="Values V a pixel is set to: corners or grid:K", rich_help_panel=PANEL)] = "corners",
+    score: Annotated[str, typer.Option("--score", help="Score whose drop is the sensitivity: margin (ref minus best other) or logit (ref alone, as the original)", rich_help_panel=PANEL)] = "margin",
+    top: Annotated[int, typer.Option("--top", help="Most sensitive pixels listed per input", rich_help_panel=PANEL)] = 10,
+) -> None:
+    if top < 1:
+        raise UsageError(f"--top must be positive, got {top}")
+    model = common.load_model()
+    threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit="pixel", values=values, score=score)
+    data = common.load_data(model)
+    out = _prepare_out(common.out)
+    host = common.host
+    if host is None:
+        from l0tre_core.plugins import create_host
+
+        host = create_host()
+    kernels = pick_kernels(host, common.device)
+    refs = model.predict(data.x)
+    shape = image_shape(model.geometry)
+    maps: list[SaliencyMap] = []
+    records: list[dict[str, Any]] = []
+    with Steps("saliency", len(data), quiet=common.quiet or common.format == "json") as steps:
+        for pos in range(len(data)):
+            started = time.monotonic()
+            ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), Budget().chunk)
+            smap = saliency_map(ctx)
+            maps.append(smap)
+            label = None if data.y is None else int(data.y[pos])
+            records.append(_record(int(data.index[pos]), label, int(refs[pos]), smap, shape, top, time.monotonic() - started))
+            steps.advance()
+    report = {"model": model.describe()["path"], "threat": threat.to_dict(), "image_shape": list(shape), "inputs": records}
+    if common.format == "json":
+        console.print_json(report)
+    else:
+        _print_tables(records, threat.score)
+    if out is not None:
+        _write_files(out, data, refs, maps, shape, model.card.range, records)
+        if not common.quiet:
+            console.err.print(f"saliency maps written to {out}")
+
+
+def _record(index: int, label: int | None, ref: int, smap: SaliencyMap, shape: tuple[int, int], top: int, seconds: float) -> dict[str, Any]:
+    w = shape[1]
+    rows = []
+    for p in smap.top(top):
+        rows.append({
+            "row": int(p // w), "col": int(p % w), "sensitivity": float(smap.sensitivity[p]),
+            "worst_value": [float(v) for v in smap.worst[p]], "flips": bool(smap.flips[p]),
+        })
+    return {
+        "index": index, "label": label, "reference": ref, "clean_score": smap.clean_score,
+        "single_pixel_flip": bool(smap.flips.any()), "flipping_pixels": int(smap.flips.sum()),
+        "top": rows, "evaluations": smap.evaluations, "seconds": round(seconds, 4),
+    }
+
+
+def _fmt_value(v: list[float]) -> str:
+    return f"{v[0]:g}" if len(v) == 1 else "(" + ",".join(f"{c:g}" for c in v) + ")"
+
+
+def _print_tables(records: list[dict[str, Any]], score: str) -> None:
+    for r in records:
+        label = "-" if r["label"] is None else r["label"]
+        table = Table(show_edge=False, title=f"input {r['index']} (label {label}, prediction {r['reference']}, clean {score} {r['clean_score']:.3f})")
+        for col in ("rank", "row", "col", "sensitivity", "worst value", "flips"):
+            table.add_column(col, justify="right")
+        for k, row in enumerate(r["top"], 1):
+            table.add_row(str(k), str(row["row"]), str(row["col"]), f"{row['sensitivity']:.4f}",
+                          _fmt_value(row["worst_value"]), "yes" if row["flips"] else "")
+        console.out.print(table)
+        flip = f"yes ({r['flipping_pixels']} pixels flip it alone)" if r["single_pixel_flip"] else "no"
+        console.out.print(f"single-pixel flip: {flip}; {r['evaluations']:,} evaluations, {r['seconds']:.2f}s\n")
+
+
+def _write_files(out: Path, data: Any, refs: np.ndarray, maps: list[SaliencyMap], shape: tuple[int, int],
+                 value_range: tuple[float, float], records: list[dict[str, Any]]) -> None:
+    h, w = shape
+    stacked = np.stack([m.sensitivity.reshape(h, w) for m in maps]).astype(np.float32)
+    flips = np.stack([m.flips.reshape(h, w) for m in maps])
+    buf = io.BytesIO()
+    np.savez_compressed(buf, index=data.index.astype(np.int64), maps=stacked, flips=flips, reference=refs.astype(np.int64))
+    atomic_write(out / "saliency.npz", lambda fh: fh.write(buf.getvalue()), binary=True)
+    images = data.x.reshape(len(data), h, w, -1)
+    titles = [f"#{r['index']} pred {r['reference']}" + (" (1-px flip)" if r["single_pixel_flip"] else "") for r in records]
+    png = saliency_png(images, stacked, titles, value_range)
+    atomic_write(out / "saliency.png", lambda fh: fh.write(png), binary=True)
+
+
+def _prepare_out(out: Path | None) -> Path | None:
+    if out is None:
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    return out

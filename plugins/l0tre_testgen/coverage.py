@@ -1,0 +1,83 @@
+"""Neuron coverage (as in DeepXplore / DeepConcolic): the fraction of ReLU neurons that at least one
+input of a set activates (> 0).
+
+The engine only exposes class scores, so the plugin loads the ONNX graph again with every Relu
+output added as a graph output and runs it on its own onnxruntime CPU session. A neuron is one
+scalar of one Relu output of one sample (a conv channel at one position counts once per position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BATCH = 256
+
+
+@dataclass
+class CoverageProbe:
+    """Which ReLU neurons a batch of model-layout inputs activates."""
+
+    session: Any
+    input_name: str
+    relu_outputs: list[str]
+    fixed_batch: bool  # the graph declares batch 1: run one sample at a time
+
+    @classmethod
+    def from_onnx(cls, model: Any, input_name: str) -> "CoverageProbe | None":
+        """A probe for ``model`` (an onnx.ModelProto), or None when it has no Relu nodes."""
+        import onnx
+        import onnxruntime as ort
+
+        names = [node.output[0] for node in model.graph.node if node.op_type == "Relu" and node.domain in ("", "ai.onnx")]
+        if not names:
+            return None
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        existing = {o.name for o in probe.graph.output}
+        for name in names:
+            if name not in existing:
+                # element type only: onnxruntime fills in the shape
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        first = next(i for i in session.get_inputs() if i.name == input_name)
+        return cls(session, input_name, names, isinstance(first.shape[0], int))
+
+    def activated(self, batch: np.ndarray) -> np.ndarray:
+        """Flat boolean mask over all ReLU neurons: activated (> 0) by at least one row of ``batch``."""
+        step = 1 if self.fixed_batch else BATCH
+        mask: np.ndarray | None = None
+        for i in range(0, len(batch), step):
+            acts = self.session.run(self.relu_outputs, {self.input_name: np.ascontiguousarray(batch[i : i + step], np.float32)})
+            hit = np.concatenate([(a > 0).reshape(len(a), -1).any(axis=0) for a in acts])
+            mask = hit if mask is None else mask | hit
+        if mask is None:  # no inputs: nothing covered, but the neurons still need counting
+            raise ValueError("coverage needs at least one input")
+        return mask
+
+
+def coverage_report(clf: Any, clean: np.ndarray, generated: np.ndarray) -> dict[str, Any]:
+    """Coverage of the clean inputs, of the generated ones and of both (canonical data-space
+    batches ``[N, P, C]``), or why it could not be measured."""
+    model = getattr(clf, "onnx_model", None)
+    if model is None:
+        return {"available": False, "reason": "the backend does not expose an ONNX graph"}
+    try:
+        probe = CoverageProbe.from_onnx(model, clf.runtime.input_name)
+    except Exception as exc:  # a graph onnxruntime cannot run with extra outputs: report, don't fail
+        return {"available": False, "reason": f"cannot add the Relu outputs to the graph: {type(exc).__name__}: {exc}"}
+    if probe is None:
+        return {"available": False, "reason": "the model has no Relu nodes"}
+    clean_mask = probe.activated(np.asarray(clf.model_input(clean)))
+    gen_mask = probe.activated(np.asarray(clf.model_input(generated))) if len(generated) else np.zeros_like(clean_mask)
+    n = len(clean_mask)
+    return {
+        "available": True,
+        "neurons": n,
+        "relu_layers": len(probe.relu_outputs),
+        "clean": float(clean_mask.sum() / n),
+        "generated": float(gen_mask.sum() / n),
+        "combined": float((clean_mask | gen_mask).sum() / n),
+    }

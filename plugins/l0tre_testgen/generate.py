@@ -1,0 +1,59 @@
+"""Test cases of one input from the L0-TRE search: at each level t = 1..T, the assignment the sweep
+found to flip the label (if any) and the cumulative-union witness after tightening."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from l0tre_core.bounds import Witness
+from l0tre_core.search import SearchContext
+
+
+@dataclass
+class TestCase:
+    """One adversarial test case: the changed pixels, verified to flip the model's label."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    level: int  # the t whose sweep produced it
+    source: str  # "sweep" (a flipping t-subset assignment) or "union" (cumulative union, tightened)
+    witness: Witness
+    label_new: int
+
+    @property
+    def l0(self) -> int:
+        return self.witness.size
+
+
+def generate(ctx: SearchContext, max_t: int, per_input: int, deadline: float | None = None) -> list[TestCase]:
+    """Up to ``per_input`` distinct verified test cases for the input in ``ctx``, smallest levels first.
+
+    A level whose sweep ran out of time still offers the union of the subsets it ranked.
+    """
+    cases: list[TestCase] = []
+    seen: set[tuple[bytes, bytes]] = set()
+    for t in range(1, max_t + 1):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        sens = ctx.sweep(t, deadline)
+        candidates: list[tuple[str, Witness]] = []
+        if sens.flip is not None:
+            # recount against the clean image: a value of V may equal the pixel's own value
+            candidates.append(("sweep", Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))))
+        if len(sens.subsets):
+            union = ctx.cumulative_union(sens)
+            if union is not None:
+                candidates.append(("union", ctx.tighten(union)))
+        for source, w in candidates:
+            key = (w.units.tobytes(), w.values.tobytes())
+            if w.size == 0 or key in seen or not ctx.verify(w):
+                continue
+            seen.add(key)
+            out = ctx.classifier.outputs(ctx.units_image(w.apply(ctx.x_units))[None])
+            cases.append(TestCase(t, source, w, int(np.argmax(out[0]))))
+            if len(cases) >= per_input:
+                return cases
+    return cases

@@ -1,0 +1,126 @@
+"""``l0tre testgen``: every generated case flips the model at its reported L0; neuron coverage on
+a model small enough to work out by hand; the CLI on the demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from helpers import DEMO_MODEL, _value, invoke, make_model_with, ort_outputs
+from l0tre_core.data import load_data
+from l0tre_core.model import load_model
+from l0tre_core.search import SearchContext
+from l0tre_core.tensors import NumpyKernels
+from l0tre_core.threat import ThreatModel
+from l0tre_testgen.coverage import CoverageProbe, coverage_report
+from l0tre_testgen.generate import generate
+from numpy_models import random_classifier
+
+
+@pytest.mark.parametrize("channels, values, seed", [(1, "corners", 5), (3, "corners", 6), (1, "grid:3", 5)])
+def test_every_case_flips_at_its_l0(channels: int, values: str, seed: int) -> None:
+    clf = random_classifier(seed=seed, c=channels, h=3, w=3, scale=0.3)
+    threat = ThreatModel(values=values)
+    x = np.random.default_rng(1).uniform(0, 1, (10, 9, channels)).astype(np.float32)
+    refs = clf.predict(x)
+    sources = set()
+    for i in range(len(x)):
+        ctx = SearchContext(clf, NumpyKernels(), threat, x[i], int(refs[i]), chunk=64)
+        cases = generate(ctx, max_t=2, per_input=3)
+        assert len(cases) <= 3
+        images = [c.witness.apply(x[i]) for c in cases]
+        assert len({im.tobytes() for im in images}) == len(images)  # deduplicated
+        for c, adv in zip(cases, images):
+            changed = int(np.any(adv != x[i], axis=1).sum())
+            assert changed == c.l0 >= 1
+            assert c.level in (1, 2) and c.source in ("sweep", "union")
+            assert np.all((adv >= 0) & (adv <= 1))
+            label = int(np.argmax(clf.outputs(adv[None])[0]))
+            assert label == c.label_new != refs[i]
+            if c.source == "sweep":
+                assert c.l0 <= c.level
+        sources |= {c.source for c in cases}
+    assert sources == {"sweep", "union"}  # both kinds of witness were generated and checked
+
+
+def coverage_model(path) -> object:
+    """x[2] -> h1 = relu(x - 0.5) [2 neurons] -> h2 = relu(h1_0 + h1_1 - 0.3) [1 neuron] -> 2 logits."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["z1"]),
+        helper.make_node("Relu", ["z1"], ["h1"]),
+        helper.make_node("Gemm", ["h1", "w2", "b2"], ["z2"]),
+        helper.make_node("Relu", ["z2"], ["h2"]),
+        helper.make_node("Gemm", ["h2", "w3", "b3"], ["logits"]),
+    ]
+    inits = {
+        "w1": np.eye(2, dtype=np.float32), "b1": np.array([-0.5, -0.5], np.float32),
+        "w2": np.ones((2, 1), np.float32), "b2": np.array([-0.3], np.float32),
+        "w3": np.array([[1.0, -1.0]], np.float32), "b3": np.zeros(2, np.float32),
+    }
+    return make_model_with(path, nodes, [_value("x", ("N", 2))], [_value("logits", ("N", 2))], inits, name="cov")
+
+
+def test_coverage_by_hand(tmp_path) -> None:
+    clf = load_model(coverage_model(tmp_path / "cov.onnx"), card={"layout": "flat"})
+    a = [[0.9], [0.1]]  # h1 = (0.4, 0), h2 = relu(0.1) > 0: 2 of 3 neurons
+    b = [[0.1], [0.9]]  # h1 = (0, 0.4), h2 > 0: 2 of 3
+    c = [[0.1], [0.1]]  # nothing
+    d = [[0.6], [0.1]]  # h1 = (0.1, 0), h2 = relu(-0.2) = 0: 1 of 3
+    x = lambda *rows: np.asarray(rows, np.float32)  # canonical [N, P=2, C=1]
+    probe = CoverageProbe.from_onnx(clf.onnx_model, clf.runtime.input_name)
+    assert probe is not None and probe.relu_outputs == ["h1", "h2"]
+    assert probe.activated(clf.model_input(x(a))).tolist() == [True, False, True]
+    assert probe.activated(clf.model_input(x(c, d))).tolist() == [True, False, False]
+    report = coverage_report(clf, x(c, d), x(a, b))
+    assert report["available"] and report["neurons"] == 3 and report["relu_layers"] == 2
+    assert report["clean"] == pytest.approx(1 / 3)
+    assert report["generated"] == pytest.approx(1.0)
+    assert report["combined"] == pytest.approx(1.0)
+    assert coverage_report(clf, x(c), x())["generated"] == 0.0
+
+
+def test_coverage_without_relu(tmp_path) -> None:
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"])]
+    path = make_model_with(tmp_path / "lin.onnx", nodes, [_value("x", ("N", 4))], [_value("logits", ("N", 2))],
+                           {"w": np.ones((4, 2), np.float32), "b": np.zeros(2, np.float32)})
+    clf = load_model(path, card={"layout": "flat"})
+    report = coverage_report(clf, np.zeros((1, 4, 1), np.float32), np.zeros((0, 4, 1), np.float32))
+    assert report == {"available": False, "reason": "the model has no Relu nodes"}
+
+
+def test_cli_on_demo(tmp_path) -> None:
+    out = tmp_path / "tg"
+    result = invoke(["testgen", "--n", "3", "--max-t", "1", "--out", out, "--format", "json", "-q"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["inputs"] == 3
+    assert json.loads((out / "testgen.json").read_text())["summary"] == report["summary"]
+    with np.load(out / "tests.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    m = report["summary"]["cases"]
+    assert m == len(arrays["l0"]) == len(arrays["x"]) and m > 0
+    assert arrays["x"].shape[1:] == (28, 28)  # the data file's sample shape, data space
+    clf = load_model(DEMO_MODEL)
+    clean = load_data(None, clf.geometry, clf.card.range, n=3)
+    logits = ort_outputs(DEMO_MODEL, arrays["x"].reshape(-1, 1, 28, 28))  # independent of the engine
+    assert np.all(np.argmax(logits, axis=1) == arrays["label_new"])
+    assert np.all(arrays["label_new"] != arrays["label_clean"])
+    for k, i in enumerate(arrays["index"]):
+        changed = int(np.sum(arrays["x"][k].reshape(-1) != clean.x[i].reshape(-1)))
+        assert changed == arrays["l0"][k]
+    assert report["coverage"]["available"] and 0 < report["coverage"]["clean"] <= report["coverage"]["combined"] <= 1
+    assert report["summary"]["inputs_with_cases"] == len(set(arrays["index"].tolist()))
+
+
+def test_coverage_of_a_fixed_batch_model_matches_the_dynamic_one(tmp_path) -> None:
+    from helpers import make_cnn
+
+    x = np.random.default_rng(2).uniform(0, 1, (5, 16, 1)).astype(np.float32)
+    reports = []
+    for fixed in (False, True):
+        clf = load_model(make_cnn(tmp_path / f"cnn{fixed}.onnx", fixed_batch=fixed, seed=4))
+        reports.append(coverage_report(clf, x[:2], x[2:]))
+    assert reports[0] == reports[1] and reports[0]["neurons"] == 4 * 16
