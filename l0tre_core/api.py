@@ -14,7 +14,7 @@ from l0tre_core.bounds import SampleState
 from l0tre_core.checkpoint import Checkpoint, file_digest
 from l0tre_core.data import Dataset
 from l0tre_core.driver import LOWER_MODES, Budget, Driver
-from l0tre_core.errors import DataError, EnvironmentProblem, UsageError
+from l0tre_core.errors import CardError, DataError, EnvironmentProblem, UsageError
 from l0tre_core.events import BoundUpdate
 from l0tre_core.model import Classifier
 from l0tre_core.results import RunResult, write_results
@@ -77,6 +77,54 @@ def resolve_upper(names: Iterable[str] | None, host: Any) -> list[Any]:
     return chosen
 
 
+def check_model_space(classifier: Classifier) -> None:
+    """Refuse a card whose normalisation maps the valid range outside float32 (e.g. a std of 1e-40):
+    the model would see inf or NaN, and no bound computed on that could be trusted."""
+    lo, hi = classifier.card.range
+    with np.errstate(all="ignore"):
+        scale, shift = classifier.affine()
+        ends = np.stack([scale * lo + shift, scale * hi + shift])
+        ok = np.all(np.isfinite(scale)) and np.all(np.isfinite(ends.astype(np.float32)))
+    if not ok:
+        raise CardError(
+            f"the card's normalisation (mean {classifier.card.mean}, std {classifier.card.std}) maps the valid range "
+            f"[{lo:g}, {hi:g}] to values float32 cannot hold; check --mean/--std/--range"
+        )
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
+        raise UsageError(f"--seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+    return int(seed)
+
+
+def check_resumed(classifier: Classifier, threat: ThreatModel, data: Dataset, states: dict[int, SampleState]) -> None:
+    """Check what a checkpoint says against the model and data: the reference label must be the
+    model's prediction (or the data's label), and a witness must flip it, re-run through the model
+    now, changing exactly as many units as its upper bound says. An input whose record fails is
+    searched again from the start."""
+    from l0tre_core.bounds import Witness
+
+    encoder = classifier.encoder(threat.unit)
+    positions = [pos for pos, i in enumerate(data.index) if int(i) in states]
+    if not positions:
+        return
+    preds = classifier.predict(data.x[positions])
+    for pos, pred in zip(positions, preds):
+        i = int(data.index[pos])
+        s = states[i]
+        label = None if data.y is None else int(data.y[pos])
+        ref = label if threat.against == "label" else int(pred)
+        ok = s.reference == ref and s.label == label
+        if ok and s.witness is not None:
+            xu = data.x[pos].reshape(encoder.n_units, encoder.channels)
+            adv_units = s.witness.apply(xu)
+            ok = (Witness.between(xu, adv_units).size == s.witness.size
+                  and int(np.argmax(classifier.outputs(adv_units.reshape(1, *data.x.shape[1:]))[0])) != s.reference)
+        if not ok:
+            del states[i]
+
+
 def evaluate(
     classifier: Classifier,
     data: Dataset,
@@ -104,6 +152,8 @@ def evaluate(
     budget = budget or Budget()
     if (threat.lo, threat.hi) != tuple(classifier.card.range):
         raise UsageError("the threat model's range must be the model card's valid range")
+    seed = check_seed(seed)
+    check_model_space(classifier)
     np.random.seed(seed)
     kernels = pick_kernels(host, device)
     lower_mode, certifier, why_not_sound = resolve_lower(lower, classifier, host)
@@ -131,7 +181,11 @@ def evaluate(
             raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
         checkpoint = Checkpoint(out, identity)
         if resume:
-            states = checkpoint.load(classifier.encoder(threat.unit).channels)
+            encoder = classifier.encoder(threat.unit)
+            states = checkpoint.load(
+                encoder.channels, units=encoder.n_units, classes=classifier.n_classes, value_range=(threat.lo, threat.hi)
+            )
+            check_resumed(classifier, threat, data, states)
         checkpoint.start(resume)
 
     def record(update: BoundUpdate, state: SampleState) -> None:
@@ -148,6 +202,8 @@ def evaluate(
     try:
         samples = driver.run(data.x, data.y, data.index, states)
     except KeyboardInterrupt:
+        if not hasattr(driver, "_all"):
+            raise  # stopped before the first step: the checkpoint (if any) holds all there is
         interrupted = True
         samples = driver._all
     finally:

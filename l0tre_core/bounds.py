@@ -24,8 +24,12 @@ def score(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = Fal
 
 
 def flips(outputs: np.ndarray, ref: int) -> np.ndarray:
-    """Rows whose top-1 class differs from ``ref``."""
-    return np.argmax(outputs, axis=1) != ref
+    """Rows whose top-1 class differs from ``ref``.
+
+    A row with NaN or infinite scores has no top-1 class (argmax would just pick the first NaN),
+    so it is never counted as a flip: it could not be shown to anyone as a changed decision.
+    """
+    return (np.argmax(outputs, axis=1) != ref) & np.all(np.isfinite(outputs), axis=1)
 
 
 @dataclass

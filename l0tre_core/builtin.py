@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from l0tre_core import hookimpl
+from l0tre_core import __version__, hookimpl
 from l0tre_core.tensors import NumpyKernels
+
+__all__ = ["__version__"]
 
 
 class DiscreteEnumeration:

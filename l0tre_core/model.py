@@ -208,8 +208,9 @@ def load_model(
     host = host or create_host()
     backends = host.registry("backends")
     if backend not in backends:
-        known = ", ".join(sorted(backends)) or "none installed"
-        raise UsageError(f"unknown backend {backend!r} (known: {known})")
+        known = ", ".join(sorted(backends)) or "none loaded"
+        hint = "plugin autoloading is off: add -p l0tre_onnxruntime" if not backends else None
+        raise UsageError(f"unknown backend {backend!r} (known: {known})", hint=hint)
     model_path = Path(path) if path is not None else demo_model_path()
     if not model_path.exists():
         raise ModelError(f"model file not found: {model_path}")

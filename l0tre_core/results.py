@@ -25,6 +25,15 @@ class SelfCheckFailed(L0treError):
     exit_code = 1
 
 
+class OutputError(L0treError):
+    """A result or checkpoint file cannot be written (disk full, permissions, a vanished folder).
+
+    Exit code 3, as for an unwritable ``--out``: the files written before are left as they were.
+    """
+
+    exit_code = 3
+
+
 @dataclass
 class RunResult:
     model: dict[str, Any]
@@ -88,31 +97,58 @@ class RunResult:
 
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``: a failure
-    (disk full, kill) leaves the previous file intact."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    (disk full, kill) leaves the previous file intact. An OSError becomes an OutputError."""
+    _commit([(_stage(path, write, binary), path)])
+
+
+def _stage(path: Path, write: Callable[[Any], None], binary: bool = False) -> str:
+    """Write ``path``'s new content to a synced temporary file beside it; returns its name.
+
+    On failure nothing is left behind and the error is an OutputError (one line, exit 3)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        _discard(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc} (the previous file is left as it was)") from None
         raise
+    return tmp
+
+
+def _commit(staged: list[tuple[str, Path]]) -> None:
+    """Rename every staged temporary file over its target (temporaries left over are removed)."""
+    try:
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for tmp, _ in staged:
+            _discard(tmp)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]) -> list[Path]:
-    """``results.json``, ``samples.csv``, ``witnesses.npz`` and ``convergence.png`` in ``folder``."""
-    result.check()
-    written = []
-    path = folder / "results.json"
-    atomic_write(path, lambda fh: json.dump(result.to_json(), fh, indent=2, default=_json_default))
-    written.append(path)
+    """``results.json``, ``samples.csv``, ``witnesses.npz`` and ``convergence.png`` in ``folder``.
 
-    path = folder / "samples.csv"
+    Every file is written to a temporary file first; only when all four are written and synced
+    are they renamed into place, so a failure part-way (disk full) leaves the previous set intact.
+    """
+    result.check()
 
     def write_csv(fh: Any) -> None:
         w = csv.writer(fh)
@@ -121,10 +157,6 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
             w.writerow([s.index, "" if s.label is None else s.label, s.reference, s.lower,
                         "" if s.upper is None else s.upper, s.guarantee, s.exact, s.evaluations, f"{s.seconds:.3f}"])
 
-    atomic_write(path, write_csv)
-    written.append(path)
-
-    path = folder / "witnesses.npz"
     idx = sorted(result.witness_images)
     arrays = {
         "index": np.asarray(idx, np.int64),
@@ -133,14 +165,23 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
     }
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=True)
-    written.append(path)
-
-    path = folder / "convergence.png"
     png = convergence_png(result)
-    atomic_write(path, lambda fh: fh.write(png), binary=True)
-    written.append(path)
-    return written
+    files: list[tuple[Path, Callable[[Any], None], bool]] = [
+        (folder / "results.json", lambda fh: json.dump(result.to_json(), fh, indent=2, default=_json_default), False),
+        (folder / "samples.csv", write_csv, False),
+        (folder / "witnesses.npz", lambda fh: fh.write(buf.getvalue()), True),
+        (folder / "convergence.png", lambda fh: fh.write(png), True),
+    ]
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, write, binary in files:
+            staged.append((_stage(path, write, binary), path))
+    except BaseException:
+        for tmp, _ in staged:
+            _discard(tmp)
+        raise
+    _commit(staged)
+    return [path for path, _, _ in files]
 
 
 def convergence_png(result: RunResult) -> bytes:

@@ -13,6 +13,8 @@ from l0tre_core.errors import UsageError
 UNITS = ("pixel", "feature")
 AGAINST = ("prediction", "label")
 SCORES = ("margin", "logit")
+MAX_LEVELS = 256  # per channel
+MAX_VALUES = 4096  # per unit: |V| multiplies every level's cost
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,18 @@ class ThreatModel:
                 k = int(self.values[5:])
             except ValueError:
                 k = 0
-            if k < 2:
-                raise UsageError(f"--values grid:K needs an integer K >= 2, got {self.values!r}")
+            if not 2 <= k <= MAX_LEVELS:
+                raise UsageError(f"--values grid:K needs an integer K from 2 to {MAX_LEVELS}, got {self.values!r}")
             return np.linspace(self.lo, self.hi, k, dtype=np.float32)
         raise UsageError(f"--values must be corners or grid:K, got {self.values!r}")
 
     def value_set(self, channels: int) -> np.ndarray:
         """V as ``[|V|, channels]``: every combination of levels over the channels of one unit."""
         levels = self.levels()
+        if len(levels) ** channels > MAX_VALUES:
+            raise UsageError(
+                f"--values {self.values} gives {len(levels)}^{channels} values per pixel, more than {MAX_VALUES}; use fewer levels"
+            )
         return np.array(list(itertools.product(levels, repeat=channels)), np.float32).reshape(-1, channels)
 
     def to_dict(self) -> dict[str, Any]:

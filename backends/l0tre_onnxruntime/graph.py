@@ -14,6 +14,9 @@ def read_model(path: Path) -> Any:
     """Parse and check ``path``; external data is read only from inside the model's folder."""
     import onnx
 
+    # A device, a pipe or a socket (/dev/zero, /dev/stdin) would be read without end.
+    if not Path(path).is_file():
+        raise ModelError(f"{path} is not a regular file, so not an ONNX model file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typing_extensions import Annotated
 
@@ -48,9 +49,9 @@ def info(common: Common) -> None:
 
 def _print_info(report: dict[str, Any]) -> None:
     m = report["model"]
-    console.out.print(f"[bold]model[/]      {m['path']}")
-    console.out.print(f"input      {m['input']['name']} {m['input']['shape']}")
-    console.out.print(f"output     {m['output']['name']} {m['output']['shape']} ({m['classes']} classes)")
+    console.out.print(f"[bold]model[/]      {escape(str(m['path']))}")
+    console.out.print(f"input      {m['input']['name']} {m['input']['shape']}", markup=False)
+    console.out.print(f"output     {m['output']['name']} {m['output']['shape']} ({m['classes']} classes)", markup=False)
     g = m["geometry"]
     console.out.print(f"pixels     {g['pixels']} x {g['channels']} channel(s), image {g['image_shape']}")
     console.out.print(f"providers  {', '.join(m['providers'])}  (batching: {m['batching']})")
@@ -64,14 +65,14 @@ def _print_info(report: dict[str, Any]) -> None:
         source = card["sources"].get(field, "default" if value is not None else "")
         shown = "-" if value is None else (",".join(str(v) for v in value) if isinstance(value, list) else str(value))
         style = "yellow" if source == "inferred" else ""
-        table.add_row(field, shown, f"[{style}]{source}[/]" if style else source)
+        table.add_row(field, escape(shown), f"[{style}]{source}[/]" if style else source)
     console.out.print(table)
     if card.get("description"):
-        console.out.print(f"about      {card['description']}")
+        console.out.print(f"about      {card['description']}", markup=False)
     if "data" in report:
         d = report["data"]
         acc = f", clean accuracy {d['accuracy']:.1%}" if "accuracy" in d else " (no labels)"
-        console.out.print(f"data       {d['source']}: {d['samples']} samples{acc}")
+        console.out.print(f"data       {d['source']}: {d['samples']} samples{acc}", markup=False)
 
 
 def plugins(

@@ -194,6 +194,7 @@ def run_guarded(body: Callable[[], Any], *, fmt: str = "table") -> Any:
         console.error(str(exc))
         raise typer.Exit(Interrupted.exit_code) from None
     except L0treError as exc:
+        # Messages quote paths and values from the user: "[/x]" must print as is, not as markup.
         console.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:

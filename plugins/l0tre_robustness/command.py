@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typing_extensions import Annotated
 
@@ -34,6 +35,7 @@ def robustness(
     score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin (ref minus best other) or logit (ref alone, as the original)", rich_help_panel=PANEL)] = "margin",
     upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches after the sensitivity search (repeatable; default: every installed one; 'none' for none)", rich_help_panel=PANEL, show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out", rich_help_panel=PANEL)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in an --out that holds an earlier run's checkpoint", rich_help_panel=PANEL)] = False,
 ) -> None:
     budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)
     if resume and common.out is None:
@@ -41,7 +43,7 @@ def robustness(
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit=unit, values=values, against=against, score=score)
     data = common.load_data(model)
-    out = prepare_out(common.out)
+    out = prepare_out(common.out, keep_checkpoint=not (resume or overwrite))
     view = ProgressView(len(data), model, quiet=common.quiet or common.format == "json")
     try:
         with view:
@@ -60,14 +62,21 @@ def robustness(
         if "sound lower bounds unavailable" in note and not common.quiet:
             console.warn(note)
     if out is not None and not common.quiet:
-        console.err.print(f"results written to {out}")
+        console.err.print(f"results written to {escape(str(out))}", soft_wrap=True)
 
 
-def prepare_out(out: Path | None) -> Path | None:
+def prepare_out(out: Path | None, keep_checkpoint: bool = True) -> Path | None:
+    """Create ``out`` and check it is writable; never start over a checkpoint by accident."""
+    from l0tre_core.checkpoint import NAME
     from l0tre_core.errors import DataError
 
     if out is None:
         return None
+    if keep_checkpoint and (out / NAME).is_file():
+        raise UsageError(
+            f"--out {out} holds the checkpoint of an earlier run",
+            hint="continue it with --resume, or start afresh with --overwrite",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".l0tre-write-test"
