@@ -55,7 +55,7 @@ def resolve_lower(mode: str, classifier: Classifier, host: Any) -> tuple[str, An
     method = host.registry("bound_methods").get("sound")
     reason = "no sound lower-bound method is installed" if method is None else method.unsupported(classifier)
     if reason is None:
-        return ("sound" if mode == "auto" else mode), method.prepare(classifier), None
+        return mode, method.prepare(classifier), None
     if mode == "auto":
         return "discrete", None, reason
     raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")

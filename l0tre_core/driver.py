@@ -58,7 +58,10 @@ class Driver:
     threat: ThreatModel
     budget: Budget
     kernels: Any
-    lower: str = "discrete"  # discrete | sound | both (auto is resolved before)
+    # discrete: enumeration over V only; sound: certificates only (the t = 1 sweep still ranks
+    # pixels for the upper bound); auto: certificates, and the enumeration at the levels they
+    # leave unproven; both: always both
+    lower: str = "discrete"
     certifier: Any = None  # sound certifier, needed for sound and both
     upper_methods: list[Any] = field(default_factory=list)  # extra upper-bound searches, run after each level
     seed: int = 0
@@ -161,7 +164,7 @@ class Driver:
     def _level(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None) -> bool:
         """One step at subset size t; False when the budget ran out before the step finished."""
         sound_proven = False
-        if self.lower in ("sound", "both") and self.certifier is not None and state.lower_sound <= t:
+        if self.lower in ("auto", "sound", "both") and self.certifier is not None and state.lower_sound <= t:
             limit = None if deadline is None else max(0.0, deadline - time.monotonic())
             status, witness = self.certifier.certify(ctx, t, limit)
             if status == "proven":
@@ -170,6 +173,8 @@ class Driver:
             elif status == "refuted" and witness is not None and ctx.verify(witness):
                 state.offer(witness)
         need_sweep = self.lower in ("discrete", "both") or t == 1 or state.upper is None
+        if self.lower == "auto" and not sound_proven:
+            need_sweep = True
         if sound_proven and state.upper is not None and self.lower != "both":
             need_sweep = False
         if state.exact:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_cli import Common, common_options
-from l0tre_cli import console
+from l0tre_cli import Common, common_options, console
+from l0tre_cli.progress import InputProgress
 from l0tre_core.errors import DataError, Interrupted
 from l0tre_core.threat import ThreatModel
-from l0tre_attack.progress import AttackProgress
 from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
 from l0tre_attack.search import DEFAULT_K_CAP, DEFAULT_QUERIES
 
@@ -39,11 +39,19 @@ def attack(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    view = AttackProgress(len(data), model, quiet=common.quiet or common.format == "json")
-    with view:
+    progress = InputProgress("l0tre attack", len(data), quiet=common.quiet or common.format == "json", classifier=model)
+    sizes: list[float] = []
+
+    def show(record: Any, done: int, total: int) -> None:
+        sizes.append(float("inf") if record.l0 is None else float(record.l0))
+        found = sum(np.isfinite(sizes))
+        median = float(np.median(sizes))
+        progress.update(done, f"success {found}/{done}  median L0 {median:g}")
+
+    with progress:
         result = run_attack(
             model, data, threat=threat, budget=budget, k_max=k_max, seed=common.seed, device=common.device,
-            host=common.host, time_limit=time_limit, input_time_limit=input_time_limit, listeners=[view],
+            host=common.host, time_limit=time_limit, input_time_limit=input_time_limit, listeners=[show],
         )
     if out is not None:
         write_outputs(result, out, data, model.geometry)

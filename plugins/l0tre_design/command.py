@@ -21,7 +21,7 @@ from l0tre_core.results import RunResult, atomic_write
 from l0tre_core.threat import ThreatModel
 from l0tre_design.compare import ModelBounds, claims, global_guarantee, rank
 from l0tre_design.figure import design_png
-from l0tre_design.progress import ModelProgress
+from l0tre_cli.progress import InputProgress
 
 PANEL = "Search"
 RANKING = "by global lower bound (proven), then global upper bound"
@@ -55,7 +55,7 @@ def design(
     quiet = common.quiet or common.format == "json"
     rows: list[dict[str, Any]] = []
     for k, (name, model) in enumerate(zip(names, models), 1):
-        with ModelProgress(f"model {k}/{len(models)} {name}", len(data), quiet=quiet) as progress:
+        with InputProgress(f"model {k}/{len(models)} {name}", len(data), quiet=quiet) as progress:
             result = evaluate(model, datasets[k - 1], threat=threat, budget=budget, lower=lower, device=common.device,
                               seed=common.seed, host=common.host, listeners=[progress], upper=upper)
         rows.append(_row(name, model, datasets[k - 1], result))

@@ -17,7 +17,7 @@ from l0tre_core.driver import Budget
 from l0tre_core.errors import Interrupted, UsageError
 from l0tre_core.results import RunResult
 from l0tre_core.threat import ThreatModel
-from l0tre_robustness.progress import ProgressView
+from l0tre_cli.progress import InputProgress
 
 PANEL = "Search"
 
@@ -28,7 +28,7 @@ def robustness(
     max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to enumerate or certify", rich_help_panel=PANEL)] = 2,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds for the whole run", rich_help_panel=PANEL, show_default=False)] = None,
     input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
-    lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto (sound where every operator is supported), sound, discrete or both", rich_help_panel=PANEL)] = "auto",
+    lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto (sound certificates where every operator is supported, enumeration over V where they fail), sound, discrete or both", rich_help_panel=PANEL)] = "auto",
     values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes in the enumeration: corners or grid:K", rich_help_panel=PANEL)] = "corners",
     unit: Annotated[str, typer.Option("--unit", help="What counts as one change: pixel (all its channels) or feature", rich_help_panel=PANEL)] = "pixel",
     against: Annotated[str, typer.Option("--against", help="Reference label: the model's prediction or the ground-truth label", rich_help_panel=PANEL)] = "prediction",
@@ -44,7 +44,7 @@ def robustness(
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit=unit, values=values, against=against, score=score)
     data = common.load_data(model)
     out = prepare_out(common.out, keep_checkpoint=not (resume or overwrite))
-    view = ProgressView(len(data), model, quiet=common.quiet or common.format == "json")
+    view = InputProgress("l0tre robustness", len(data), quiet=common.quiet or common.format == "json", classifier=model)
     try:
         with view:
             result = evaluate(

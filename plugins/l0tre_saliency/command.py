@@ -20,7 +20,7 @@ from l0tre_core.results import atomic_write
 from l0tre_core.search import SearchContext
 from l0tre_core.threat import ThreatModel
 from l0tre_saliency.figure import saliency_png
-from l0tre_saliency.progress import Steps
+from l0tre_cli.progress import InputProgress
 from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
 
 PANEL = "Saliency"
@@ -49,7 +49,7 @@ def saliency(
     shape = image_shape(model.geometry)
     maps: list[SaliencyMap] = []
     records: list[dict[str, Any]] = []
-    with Steps("saliency", len(data), quiet=common.quiet or common.format == "json") as steps:
+    with InputProgress("saliency", len(data), quiet=common.quiet or common.format == "json") as steps:
         for pos in range(len(data)):
             started = time.monotonic()
             ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), Budget().chunk)
@@ -57,7 +57,7 @@ def saliency(
             maps.append(smap)
             label = None if data.y is None else int(data.y[pos])
             records.append(_record(int(data.index[pos]), label, int(refs[pos]), smap, shape, top, time.monotonic() - started))
-            steps.advance()
+            steps.update(steps.done + 1)
     report = {"model": model.describe()["path"], "threat": threat.to_dict(), "image_shape": list(shape), "inputs": records}
     if common.format == "json":
         console.print_json(report)

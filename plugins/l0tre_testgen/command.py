@@ -24,7 +24,7 @@ from l0tre_core.search import SearchContext
 from l0tre_core.threat import ThreatModel
 from l0tre_testgen.coverage import coverage_report
 from l0tre_testgen.generate import TestCase, generate
-from l0tre_testgen.progress import Steps
+from l0tre_cli.progress import InputProgress
 
 PANEL = "Test generation"
 
@@ -55,13 +55,13 @@ def testgen(
     refs = model.predict(data.x)
     started = time.monotonic()
     per: list[tuple[int, list[TestCase], float]] = []  # (position, cases, seconds)
-    with Steps("testgen", len(data), quiet=common.quiet or common.format == "json") as steps:
+    with InputProgress("testgen", len(data), quiet=common.quiet or common.format == "json") as steps:
         for pos in range(len(data)):
             t0 = time.monotonic()
             deadline = None if input_time_limit is None else t0 + input_time_limit
             ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), budget.chunk)
             per.append((pos, generate(ctx, max_t, per_input, deadline), time.monotonic() - t0))
-            steps.advance()
+            steps.update(steps.done + 1)
     adv = _adversarial_images(data, per)
     report = _report(model, data, refs, threat, per, max_t, per_input, time.monotonic() - started)
     if coverage:
