@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from l0tre_core.certify import _ops
-from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, pool_values
+from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, cols_of, pool_values, rows_of
 
 _CHUNK = 6_000_000  # floats in one [B, R, D] block
 _SMOOTH_SLACK = 1e-12
@@ -82,6 +82,15 @@ class Problem:
             pos[p] += 1
         self.scalar_mask = self.pixel_scalars >= 0
         self.vals0 = net.forward_all(self.x0[None])
+
+    def input_term(self, j: int, i: int) -> np.ndarray:
+        """``W x0`` for parent ``i`` (the input) of node ``j`` (cached)."""
+        key = (j, i)
+        cache = self.__dict__.setdefault("_input_terms", {})
+        if key not in cache:
+            w = self.net.nodes[j].mats[i]
+            cache[key] = apply_mat(self.x0[None], w)[0].copy()
+        return cache[key]
 
     def to_pixels(self, d: np.ndarray) -> np.ndarray:
         """``[..., D] -> [..., P]``: sum of the scalars of each pixel."""
@@ -342,11 +351,7 @@ def backward(
         idx, sign = select
         c = (sign * nd.bias[idx])[None, :]
         for p, w in zip(nd.parents, nd.mats):
-            if w is None:
-                m = np.zeros((idx.size, nodes[p].size))
-                m[np.arange(idx.size), idx] = sign
-            else:
-                m = sign[:, None] * w[idx]
+            m = sign[:, None] * rows_of(w, idx, nodes[p].size)
             A[p] = A[p] + m[None] if p in A else m[None]
         top = start - 1
     else:
@@ -364,12 +369,11 @@ def backward(
             c = c + a @ nd.bias
             for p, w in zip(nd.parents, nd.mats):
                 if p == 0 and box is not None:
-                    x0v = prob.x0 if w is None else w @ prob.x0
-                    c = c + a @ x0v
+                    c = c + a @ prob.input_term(j, nd.parents.index(p))
                     if w is None:
                         cols = np.take_along_axis(np.broadcast_to(a, (n_dom,) + a.shape[1:]), box.S[:, None, :], axis=2)
                     else:
-                        ws = w[:, box.S]  # [Dj, B, F]
+                        ws = cols_of(w, box.S)  # [Dj, B, F]
                         cols = np.einsum("brd,dbf->brf", np.broadcast_to(a, (n_dom,) + a.shape[1:]), ws)
                     a_free = cols if a_free is None else a_free + cols
                     continue
@@ -447,7 +451,13 @@ def intermediate_bounds(prob: Problem, dom: Domains) -> list[Any]:
     net = prob.net
     b = len(dom)
     bounds: list[Any] = [None] * len(net.nodes)
-    bounds[0] = (dom.lo, dom.hi)
+    # the interval of every scalar over the set: a forced pixel lies in its box; any other pixel
+    # is either unchanged (x0, which may lie outside [lo, hi]) or changed into its box
+    forced_sc = dom.forced[:, prob.pixel]
+    bounds[0] = (
+        np.where(forced_sc, dom.lo, np.minimum(dom.lo, prob.x0)),
+        np.where(forced_sc, dom.hi, np.maximum(dom.hi, prob.x0)),
+    )
     rx = _Relax(net, bounds)
     for j in range(1, net.output):
         nd = net.nodes[j]
@@ -531,7 +541,9 @@ class Boxes:
         x = np.broadcast_to(prob.x0, (len(self), prob.x0.size)).copy()
         real = self.S >= 0
         rows = np.broadcast_to(np.arange(len(self))[:, None], self.S.shape)
-        x[rows[real], self.S[real]] = prob.x0[self.S[real]] + delta[real]
+        sc = self.S[real]
+        # clipped into the valid range: x0 + (hi - x0) may round past hi
+        x[rows[real], sc] = np.clip(prob.x0[sc] + delta[real], prob.lo[sc], prob.hi[sc])
         return x
 
 
@@ -574,33 +586,47 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
             lo_rows = np.zeros((b, f + 1, nd.size))
             lo_rows[:, -1, :] = nd.bias
             up_rows = lo_rows.copy()
+            cen = np.broadcast_to(nd.bias, (b, nd.size)).copy()
+            rad = np.zeros((b, nd.size))
             for i, (p, w) in enumerate(zip(nd.parents, nd.mats)):
+                il, iu = bounds[p]
                 if p == 0:
                     if w is None:
                         cols = np.zeros((b, f, nd.size))
                         cols[np.arange(b)[:, None], np.arange(f)[None, :], S] = real.astype(np.float64)
                         const = prob.x0
                     else:
-                        cols = np.transpose(w[:, S], (1, 2, 0)) * real[:, :, None]
-                        const = w @ prob.x0
+                        cols = np.transpose(cols_of(w, S), (1, 2, 0)) * real[:, :, None]
+                        const = prob.input_term(j, i)
                     lo_rows[:, :-1, :] += cols
                     up_rows[:, :-1, :] += cols
                     lo_rows[:, -1, :] += const
                     up_rows[:, -1, :] += const
-                else:
-                    lp, up = L[p], U[p]
-                    if w is None:
-                        lo_rows += lp
-                        up_rows += up
-                    else:
-                        wp, wn = nd.mat_pos(i), nd.mat_neg(i)
-                        lo_rows += apply_mat(lp, wp) + apply_mat(up, wn)
-                        up_rows += apply_mat(up, wp) + apply_mat(lp, wn)
+                    # the exact interval of this term, from the few free columns
+                    cen += const + np.einsum("bfd,bf->bd", cols, 0.5 * (dlo + dhi))
+                    rad += np.einsum("bfd,bf->bd", np.abs(cols), 0.5 * (dhi - dlo))
+                    continue
+                lp, up = L[p], U[p]
+                if w is None:
+                    lo_rows += lp
+                    up_rows += up
+                    cen += 0.5 * (il + iu)
+                    rad += 0.5 * (iu - il)
+                    continue
+                # L W+ + U W- = M W - R |W|,  U W+ + L W- = M W + R |W|  (M, R: mid, half-gap rows)
+                # and the interval bound in the same two products
+                mid = np.concatenate([0.5 * (lp + up), 0.5 * (il + iu)[:, None, :]], axis=1)
+                gap = np.concatenate([0.5 * (up - lp), 0.5 * (iu - il)[:, None, :]], axis=1)
+                mw = apply_mat(mid, w)
+                rw = apply_mat(gap, nd.mat_abs(i))
+                lo_rows += mw[:, :-1] - rw[:, :-1]
+                up_rows += mw[:, :-1] + rw[:, :-1]
+                cen += mw[:, -1]
+                rad += rw[:, -1]
             L[j], U[j] = lo_rows, up_rows
             if j != net.output:
-                il, iu = ibp_linear(nd, bounds)
-                l = np.maximum(il, _lin_lower(lo_rows, dlo, dhi))
-                u = np.minimum(iu, _lin_upper(up_rows, dlo, dhi))
+                l = np.maximum(cen - rad, _lin_lower(lo_rows, dlo, dhi))
+                u = np.minimum(cen + rad, _lin_upper(up_rows, dlo, dhi))
                 bounds[j] = (l, np.maximum(u, l))
         elif nd.kind == "maxpool":
             p = nd.parents[0]

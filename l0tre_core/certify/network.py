@@ -2,14 +2,23 @@
 
 ``Network.from_onnx`` walks the ONNX graph and composes every chain of affine operators (Gemm,
 MatMul, Conv, BatchNormalization, pooling by averaging, Add/Sub/Mul/Div by constants, reshapes,
-transposes, concatenations, normalisation in front of the network) into one dense matrix per
-parent, by pushing an identity basis through a NumPy implementation of each operator. What is left
-between the affine nodes are the nonlinear nodes: Relu, LeakyRelu, Sigmoid, Tanh and MaxPool.
+transposes, concatenations, normalisation in front of the network) into one matrix per parent, by
+pushing an identity basis through a NumPy implementation of each operator. A convolution applied
+directly to a node's values whose dense matrix would be large stays structured (``ConvOp``:
+convolution forward, transposed convolution backward; a following per-channel scale such as a
+folded BatchNormalization is absorbed into its kernel). What is left between the affine nodes are
+the nonlinear nodes: Relu, LeakyRelu, Sigmoid, Tanh and MaxPool.
+
+Not supported (``UnsupportedOperator`` names the operator and says why): any other operator; a
+product or quotient of two input-dependent values; a Softmax/LogSoftmax anywhere but on the
+output; reshapes, flattens, transposes or concatenations that move the batch axis; MaxPool's
+Indices output; AveragePool with both ceil_mode and count_include_pad; training-mode
+BatchNormalization; a composed affine layer whose dense matrix exceeds ``MAX_DENSE`` entries.
 
 Node kinds:
 - ``input``: the flattened per-sample model input (always node 0);
-- ``linear``: ``y = sum_i W_i x_{parent_i} + b`` (``W_i`` dense ``[size, parent size]`` or None
-  for the identity);
+- ``linear``: ``y = sum_i W_i x_{parent_i} + b`` (``W_i`` dense ``[size, parent size]``, a
+  ``ConvOp``, or None for the identity);
 - ``relu``, ``leaky`` (slope ``alpha`` below 0), ``sigmoid``, ``tanh``: elementwise on one parent;
 - ``maxpool``: ``y_j = max_k x[pool_idx[j, k]]`` (``-1`` marks padding, never the first column).
 Every consumer of the input is a linear node, and the output node (the logits) is a linear node.
@@ -27,6 +36,7 @@ from l0tre_core.certify._types import UnsupportedOperator
 
 NONLINEAR = ("relu", "leaky", "sigmoid", "tanh", "maxpool")
 MAX_DENSE = 48_000_000  # entries of one dense matrix (384 MB in float64)
+DENSE_CONV_MAX = 1_000_000  # a convolution with a larger dense matrix stays a ConvOp
 _CHUNK_ELEMS = 4_000_000
 
 
@@ -43,35 +53,169 @@ class Node:
     pool_idx: np.ndarray | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def mat_pos(self, i: int) -> np.ndarray | None:
-        return self._split(i)[0]
-
-    def mat_neg(self, i: int) -> np.ndarray | None:
-        return self._split(i)[1]
-
-    def mat_abs(self, i: int) -> np.ndarray | None:
+    def mat_abs(self, i: int) -> Any:
+        """``|W_i|`` (None for the identity)."""
         key = f"abs{i}"
         if key not in self._cache:
             w = self.mats[i]
-            self._cache[key] = None if w is None else np.abs(w)
-        return self._cache[key]
-
-    def _split(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        key = f"split{i}"
-        if key not in self._cache:
-            w = self.mats[i]
-            self._cache[key] = (None, None) if w is None else (np.maximum(w, 0.0), np.minimum(w, 0.0))
+            self._cache[key] = None if w is None else (w.abs() if isinstance(w, ConvOp) else np.abs(w))
         return self._cache[key]
 
 
-def apply_mat(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    """``x [..., Din] -> [..., Dout]`` for ``y = W x``."""
-    return x if w is None else x @ w.T
+class ConvOp:
+    """A convolution (no bias) as a linear map between flattened per-sample tensors, without
+    forming its (mostly zero) dense matrix: ``apply`` is the convolution, ``back`` the transposed
+    convolution. 1-D and 2-D kernels."""
+
+    def __init__(self, w: np.ndarray, in_shape: tuple[int, ...], strides: list[int], pads: list[int],
+                 dilations: list[int], group: int) -> None:
+        n_sp = w.ndim - 2
+        if n_sp == 1:  # as 2-D with a unit height
+            w = w[:, :, None, :]
+            in_shape = (in_shape[0], 1, in_shape[1])
+            strides, dilations = [1, strides[0]], [1, dilations[0]]
+            pads = [0, pads[0], 0, pads[1]]
+        if w.ndim != 4:
+            raise ValueError("ConvOp handles 1-D and 2-D kernels")
+        self.w = np.ascontiguousarray(w, dtype=np.float64)
+        self.in_shape = tuple(int(v) for v in in_shape)
+        self.strides, self.pads, self.dilations, self.group = list(strides), list(pads), list(dilations), group
+        probe = _ops.conv(np.zeros((1,) + self.in_shape), self.w, None, self.strides, self.pads, self.dilations, group)
+        self.out_shape = tuple(probe.shape[1:])
+        self.shape = (int(np.prod(self.out_shape)), int(np.prod(self.in_shape)))
+
+    def abs(self) -> "ConvOp":
+        return ConvOp(np.abs(self.w), self.in_shape, self.strides, self.pads, self.dilations, self.group)
+
+    def scaled(self, c: np.ndarray) -> "ConvOp | None":
+        """``diag(c) W`` when ``c`` is constant over each output channel, else None."""
+        per = np.asarray(c, dtype=np.float64).reshape(self.out_shape[0], -1)
+        if not np.all(per == per[:, :1]):
+            return None
+        w = self.w * per[:, 0].reshape(-1, 1, 1, 1)
+        return ConvOp(w, self.in_shape, self.strides, self.pads, self.dilations, self.group)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        lead = x.shape[:-1]
+        xs = x.reshape((-1,) + self.in_shape)
+        out = np.empty((xs.shape[0], self.shape[0]))
+        step = max(1, 4_000_000 // max(1, self.shape[1] * int(np.prod(self.w.shape[2:]))))
+        for s in range(0, xs.shape[0], step):
+            y = _ops.conv(xs[s : s + step], self.w, None, self.strides, self.pads, self.dilations, self.group)
+            out[s : s + step] = y.reshape(y.shape[0], -1)
+        return out.reshape(lead + (self.shape[0],))
+
+    def back(self, a: np.ndarray) -> np.ndarray:
+        """``a W``: the transposed convolution of ``a [..., Dout]``."""
+        lead = a.shape[:-1]
+        n = int(np.prod(lead, dtype=np.int64))
+        a2 = a.reshape(n, self.shape[0])
+        out = np.empty((n, self.shape[1]))
+        kprod = int(np.prod(self.w.shape[1:]))
+        step = max(1, 4_000_000 // max(1, self.shape[0] // self.out_shape[0] * kprod * self.group + self.shape[1]))
+        for s in range(0, n, step):
+            out[s : s + step] = self._back(a2[s : s + step])
+        return out.reshape(lead + (self.shape[1],))
+
+    def _back(self, a2: np.ndarray) -> np.ndarray:
+        n = a2.shape[0]
+        m, ho, wo = self.out_shape
+        c, h, w_in = self.in_shape
+        kh, kw = self.w.shape[2:]
+        sh, sw = self.strides
+        dh, dw = self.dilations
+        pt, pl = self.pads[0], self.pads[1]
+        g = self.group
+        mg, cg = m // g, c // g
+        a4 = a2.reshape(n, m, ho * wo)
+        hp = max(h + pt + self.pads[2], (ho - 1) * sh + (kh - 1) * dh + 1)
+        wp = max(w_in + pl + self.pads[3], (wo - 1) * sw + (kw - 1) * dw + 1)
+        out = np.zeros((n, c, hp, wp))
+        for gi in range(g):
+            ag = np.ascontiguousarray(a4[:, gi * mg : (gi + 1) * mg, :].transpose(0, 2, 1)).reshape(n * ho * wo, mg)
+            wg = self.w[gi * mg : (gi + 1) * mg].reshape(mg, cg * kh * kw)
+            cols = (ag @ wg).reshape(n, ho, wo, cg, kh, kw)
+            for ky in range(kh):
+                ys = slice(ky * dh, ky * dh + (ho - 1) * sh + 1, sh)
+                for kx in range(kw):
+                    xs = slice(kx * dw, kx * dw + (wo - 1) * sw + 1, sw)
+                    out[:, gi * cg : (gi + 1) * cg, ys, xs] += cols[:, :, :, :, ky, kx].transpose(0, 3, 1, 2)
+        return out[:, :, pt : pt + h, pl : pl + w_in].reshape(n, -1)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Dense rows ``W[idx]``, written straight from the kernel."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        m_all, ho, wo = self.out_shape
+        c, h, w_in = self.in_shape
+        mg = m_all // self.group
+        cg, kh, kw = self.w.shape[1:]
+        m, rem = np.divmod(idx, ho * wo)
+        oy, ox = np.divmod(rem, wo)
+        cl, ky, kx = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
+        cl, ky, kx = cl.reshape(-1), ky.reshape(-1), kx.reshape(-1)
+        iy = oy[:, None] * self.strides[0] + ky[None, :] * self.dilations[0] - self.pads[0]
+        ix = ox[:, None] * self.strides[1] + kx[None, :] * self.dilations[1] - self.pads[1]
+        ch = (m // mg)[:, None] * cg + cl[None, :]
+        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w_in)
+        vals = self.w[m[:, None], cl[None, :], ky[None, :], kx[None, :]]
+        out = np.zeros((idx.size, self.shape[1]))
+        r = np.broadcast_to(np.arange(idx.size)[:, None], ok.shape)
+        out[r[ok], (ch * h * w_in + iy * w_in + ix)[ok]] = vals[ok]
+        return out
+
+    def cols(self, idx: np.ndarray) -> np.ndarray:
+        """``W[:, idx]`` for an index array of any shape: ``[Dout, *idx.shape]``."""
+        uniq, inv = np.unique(idx, return_inverse=True)
+        e = np.zeros((uniq.size, self.shape[1]))
+        e[np.arange(uniq.size), uniq] = 1.0
+        colsu = self.apply(e).T  # [Dout, U]
+        return colsu[:, inv.reshape(idx.shape)]
+
+    def dense(self) -> np.ndarray:
+        return self.apply(np.eye(self.shape[1])).T
 
 
-def back_mat(a: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+def as_dense(w: Any) -> np.ndarray | None:
+    return w.dense() if isinstance(w, ConvOp) else w
+
+
+def apply_mat(x: np.ndarray, w: Any) -> np.ndarray:
+    """``x [..., Din] -> [..., Dout]`` for ``y = W x`` (one 2-D product: stacked small products
+    would not use BLAS well)."""
+    if w is None:
+        return x
+    if isinstance(w, ConvOp):
+        return w.apply(x)
+    lead = x.shape[:-1]
+    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(lead + (w.shape[0],))
+
+
+def back_mat(a: np.ndarray, w: Any) -> np.ndarray:
     """``a [..., Dout] -> a W [..., Din]``."""
-    return a if w is None else a @ w
+    if w is None:
+        return a
+    if isinstance(w, ConvOp):
+        return w.back(a)
+    lead = a.shape[:-1]
+    return (a.reshape(-1, a.shape[-1]) @ w).reshape(lead + (w.shape[1],))
+
+
+def rows_of(w: Any, idx: np.ndarray, n_in: int) -> np.ndarray:
+    """Dense rows ``W[idx]``."""
+    if w is None:
+        m = np.zeros((idx.size, n_in))
+        m[np.arange(idx.size), idx] = 1.0
+        return m
+    if isinstance(w, ConvOp):
+        return w.rows(idx)
+    return w[idx]
+
+
+def cols_of(w: Any, idx: np.ndarray) -> np.ndarray:
+    """``W[:, idx]`` -> ``[Dout, *idx.shape]`` (w not None)."""
+    if isinstance(w, ConvOp):
+        return w.cols(idx)
+    return w[:, idx]
 
 
 def pool_values(x: np.ndarray, node: Node, fill: float) -> np.ndarray:
@@ -234,8 +378,8 @@ class _Importer:
         self.consts.pop(self.input_name, None)
 
         needed = self._needed_nodes()
-        for node in self.graph.node:
-            if id(node) not in needed:
+        for k, node in enumerate(self.graph.node):
+            if k not in needed:
                 continue
             self.cur_op = node.op_type
             self.cur_name = node.name or (node.output[0] if node.output else "?")
@@ -254,11 +398,12 @@ class _Importer:
         return Network(self._prune(), self.sample_shape)
 
     def _needed_nodes(self) -> set[int]:
-        producer: dict[str, Any] = {}
-        for node in self.graph.node:
+        producer: dict[str, int] = {}
+        nodes = list(self.graph.node)
+        for k, node in enumerate(nodes):
             for o in node.output:
                 if o:
-                    producer[o] = node
+                    producer[o] = k
         needed: set[int] = set()
         stack = [self.output_name]
         seen: set[str] = set()
@@ -267,9 +412,9 @@ class _Importer:
             if name in seen or name not in producer:
                 continue
             seen.add(name)
-            node = producer[name]
-            needed.add(id(node))
-            stack.extend(i for i in node.input if i)
+            k = producer[name]
+            needed.add(k)
+            stack.extend(i for i in nodes[k].input if i)
         return needed
 
     def _prune(self) -> list[Node]:
@@ -326,6 +471,8 @@ class _Importer:
                 raise self.unsupported(
                     f"its dense matrix ({out_size} x {n_in}) exceeds the size bound propagation handles"
                 )
+            if isinstance(w, ConvOp):
+                w = w.dense()
             res = np.empty((out_size, n_in))
             step = max(1, _CHUNK_ELEMS // max(out_size, sym.size, 1))
             for s in range(0, n_in, step):
@@ -348,7 +495,7 @@ class _Importer:
                 m[np.arange(idx.size), idx] = 1.0
                 terms[n] = m
             else:
-                terms[n] = w[idx]
+                terms[n] = as_dense(w)[idx]
         return _Sym(terms, sym.bias.reshape(-1)[idx], shape)
 
     def _reshape(self, sym: _Sym, shape: tuple[int, ...]) -> _Sym:
@@ -360,7 +507,13 @@ class _Importer:
         c = c.reshape(-1)
         terms = {}
         for n, w in sym.terms.items():
-            terms[n] = np.diag(c) if w is None else c[:, None] * w
+            if w is None:
+                terms[n] = np.diag(c)
+            elif isinstance(w, ConvOp):
+                sc = w.scaled(c)
+                terms[n] = sc if sc is not None else c[:, None] * w.dense()
+            else:
+                terms[n] = c[:, None] * w
         return _Sym(terms, sym.bias.reshape(-1) * c, sym.shape)
 
     def _broadcast_sym(self, sym: _Sym, shape: tuple[int, ...]) -> _Sym:
@@ -415,7 +568,7 @@ class _Importer:
             if n in terms:
                 w0 = terms[n]
                 size = self.nodes[n].size
-                terms[n] = (np.eye(size) if w0 is None else w0) + (np.eye(size) if w is None else w)
+                terms[n] = (np.eye(size) if w0 is None else as_dense(w0)) + (np.eye(size) if w is None else as_dense(w))
             else:
                 terms[n] = w
         return _Sym(terms, a.bias + b.bias, shape)
@@ -652,6 +805,17 @@ class _Importer:
         def full(v: np.ndarray) -> np.ndarray:
             return _ops.conv(v, w, b, strides, pads, dil, group)
 
+        # a convolution applied directly to a node's values stays structured when its dense
+        # matrix would be large (the transposed convolution is much cheaper than a dense product)
+        direct = {n: t for n, t in x.terms.items() if t is None}
+        if n_sp in (1, 2) and direct:
+            op = ConvOp(w, x.shape, strides, pads, dil, group)
+            if op.shape[0] * op.shape[1] > DENSE_CONV_MAX:
+                rest = _Sym({n: t for n, t in x.terms.items() if t is not None}, x.bias, x.shape)
+                out = self._push(rest, lin, full)
+                for n in direct:
+                    out.terms[n] = op
+                return out
         return self._push(x, lin, full)
 
     def _op_BatchNormalization(self, ins: list[str], a: dict[str, Any]) -> _Sym:
@@ -810,5 +974,121 @@ class _Importer:
                 if w is None:
                     t[rows, np.arange(p.size)] += 1.0
                 else:
-                    t[rows] += w
+                    t[rows] += as_dense(w)
         return _Sym(terms, bias, out_shape_t)
+
+    def _op_Clip(self, ins: list[str], a: dict[str, Any]) -> _Sym:
+        """``min(max(x, lo), hi)`` = ``lo + relu(x - lo) - relu(x - hi)`` (ReLU6 and friends)."""
+        x = self._sym(ins[0])
+        lo = a.get("min")
+        hi = a.get("max")
+        if len(ins) > 1 and ins[1]:
+            lo = self._const(ins[1])
+        if len(ins) > 2 and ins[2]:
+            hi = self._const(ins[2])
+        lo = None if lo is None else float(np.asarray(lo).reshape(-1)[0])
+        hi = None if hi is None else float(np.asarray(hi).reshape(-1)[0])
+        if lo is None and hi is None:
+            return x
+        if lo is not None and hi is not None and lo > hi:
+            raise self.unsupported("min > max")
+
+        def relu_of(s: _Sym) -> _Sym:
+            parent = self._materialize(s, force_new=True)
+            self.nodes.append(Node("relu", [parent], s.size, name=self.cur_name, shape=s.shape))
+            return _Sym({len(self.nodes) - 1: None}, np.zeros(s.shape), s.shape)
+
+        if lo is None:  # hi - relu(hi - x)
+            r = relu_of(self._add_const(x, np.array(hi), sign=-1.0))
+            return self._add_const(r, np.array(hi), sign=-1.0)
+        out = self._add_const(relu_of(self._add_const(x, np.array(-lo))), np.array(lo))
+        if hi is not None:
+            out = self._add_syms(out, relu_of(self._add_const(x, np.array(-hi))), -1.0)
+        return out
+
+    def _op_Pad(self, ins: list[str], a: dict[str, Any]) -> _Sym:
+        x = self._sym(ins[0])
+        if a.get("mode", "constant") != "constant":
+            raise self.unsupported(f"mode {a.get('mode')}")
+        pads = [int(v) for v in (self._const(ins[1]).reshape(-1) if len(ins) > 1 and ins[1] else a.get("pads", []))]
+        value = 0.0
+        if len(ins) > 2 and ins[2]:
+            value = float(np.asarray(self._const(ins[2])).reshape(-1)[0])
+        elif "value" in a:
+            value = float(a["value"])
+        rank = len(x.shape) + 1
+        axes = list(range(rank))
+        if len(ins) > 3 and ins[3]:
+            axes = [int(v) + rank if int(v) < 0 else int(v) for v in self._const(ins[3]).reshape(-1)]
+        n = len(axes)
+        width = [(0, 0)] * rank
+        for i, ax in enumerate(axes):
+            width[ax] = (pads[i], pads[i + n])
+        if width[0] != (0, 0) or any(p < 0 for pw in width for p in pw):
+            raise self.unsupported("padding of the batch axis or negative padding")
+
+        def lin(v: np.ndarray) -> np.ndarray:
+            return np.pad(v, width)
+
+        def full(v: np.ndarray) -> np.ndarray:
+            return np.pad(v, width, constant_values=value)
+
+        return self._push(x, lin, full)
+
+    def _op_Slice(self, ins: list[str], a: dict[str, Any]) -> _Sym:
+        x = self._sym(ins[0])
+        rank = len(x.shape) + 1
+        if len(ins) > 1:
+            starts = [int(v) for v in self._const(ins[1]).reshape(-1)]
+            ends = [int(v) for v in self._const(ins[2]).reshape(-1)]
+            axes = [int(v) for v in self._const(ins[3]).reshape(-1)] if len(ins) > 3 and ins[3] else list(range(len(starts)))
+            steps = [int(v) for v in self._const(ins[4]).reshape(-1)] if len(ins) > 4 and ins[4] else [1] * len(starts)
+        else:
+            starts, ends = list(a["starts"]), list(a["ends"])
+            axes = list(a.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        sl = [slice(None)] * rank
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            ax = ax + rank if ax < 0 else ax
+            if ax == 0:
+                raise self.unsupported("slicing the batch axis")
+            big = np.iinfo(np.int64).max // 2
+            sl[ax] = slice(None if abs(st) >= big else st, None if abs(en) >= big else en, sp)
+        index = tuple(sl)
+
+        def f(v: np.ndarray) -> np.ndarray:
+            return v[index]
+
+        return self._push(x, f, f)
+
+    def _reduce(self, ins: list[str], a: dict[str, Any], mean: bool) -> _Sym:
+        x = self._sym(ins[0])
+        rank = len(x.shape) + 1
+        axes = self._axes(ins, a)
+        if axes is None:
+            if a.get("noop_with_empty_axes", 0):
+                return x
+            raise self.unsupported("reducing over the batch axis")
+        axes_t = tuple(sorted(ax + rank if ax < 0 else ax for ax in axes))
+        if 0 in axes_t:
+            raise self.unsupported("reducing over the batch axis")
+        keep = bool(a.get("keepdims", 1))
+
+        def f(v: np.ndarray) -> np.ndarray:
+            return v.mean(axis=axes_t, keepdims=keep) if mean else v.sum(axis=axes_t, keepdims=keep)
+
+        return self._push(x, f, f)
+
+    def _op_ReduceMean(self, ins: list[str], a: dict[str, Any]) -> _Sym:
+        return self._reduce(ins, a, True)
+
+    def _op_ReduceSum(self, ins: list[str], a: dict[str, Any]) -> _Sym:
+        return self._reduce(ins, a, False)
+
+    def _op_Cast(self, ins: list[str], a: dict[str, Any]) -> _Sym:
+        import onnx
+
+        to = int(a.get("to", 0))
+        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+            raise self.unsupported("a cast of input-dependent values to a non-float type")
+        return self._sym(ins[0])
