@@ -222,6 +222,7 @@ def evaluate(
         model=model_info,
         threat=threat.to_dict(),
         budget={"max_t": budget.max_t, "time_limit": budget.time_limit, "input_time_limit": budget.input_time_limit,
+                "certify_time": budget.certify_time,
                 "lower": lower_mode, "upper": ["sensitivity", *(m.name for m in driver.upper_methods)],
                 "kernels": kernels.name},
         data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},

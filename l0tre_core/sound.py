@@ -14,17 +14,15 @@ import numpy as np
 
 from l0tre_core.bounds import Witness
 
-DEFAULT_CERTIFY_SECONDS = 30.0
 
 
 class SoundCertifier:
-    def __init__(self, classifier: Any, time_limit: float = DEFAULT_CERTIFY_SECONDS) -> None:
+    def __init__(self, classifier: Any) -> None:
         from l0tre_core.certify import Network
 
         self.classifier = classifier
         rt = classifier.runtime
         self.net = Network.from_onnx(classifier.onnx_model, rt.input_name, rt.output_name, classifier.geometry.sample_shape)
-        self.time_limit = time_limit
 
     def input_set(self, ctx: Any) -> Any:
         from l0tre_core.certify import InputSet
@@ -43,11 +41,10 @@ class SoundCertifier:
         unit[pos] = np.repeat(np.arange(enc.n_units), enc.channels)
         return InputSet(x0=ctx.base.astype(np.float64), lo=lo, hi=hi, pixel=unit, n_pixels=enc.n_units)
 
-    def certify(self, ctx: Any, t: int, time_limit: float | None) -> tuple[str, Witness | None]:
+    def certify(self, ctx: Any, t: int, time_limit: float) -> tuple[str, Witness | None]:
         from l0tre_core.certify import certify
 
-        limit = self.time_limit if time_limit is None else min(self.time_limit, time_limit)
-        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=limit)
+        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=time_limit)
         if verdict.status != "refuted" or verdict.witness is None:
             return verdict.status, None
         enc = ctx.encoder

@@ -28,6 +28,7 @@ def robustness(
     max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to enumerate or certify", rich_help_panel=PANEL)] = 2,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds for the whole run", rich_help_panel=PANEL, show_default=False)] = None,
     input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
+    certify_time: Annotated[float, typer.Option("--certify-time", help="Seconds of certificate splitting per input and level t >= 2 (t = 1 gets at least 60)", rich_help_panel=PANEL)] = 10.0,
     lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto (sound certificates where every operator is supported, enumeration over V where they fail), sound, discrete or both", rich_help_panel=PANEL)] = "auto",
     values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes in the enumeration: corners or grid:K", rich_help_panel=PANEL)] = "corners",
     unit: Annotated[str, typer.Option("--unit", help="What counts as one change: pixel (all its channels) or feature", rich_help_panel=PANEL)] = "pixel",
@@ -37,7 +38,7 @@ def robustness(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out", rich_help_panel=PANEL)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in an --out that holds an earlier run's checkpoint", rich_help_panel=PANEL)] = False,
 ) -> None:
-    budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)
+    budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit, certify_time=certify_time)
     if resume and common.out is None:
         raise UsageError("--resume needs --out, the folder of the run to continue")
     model = common.load_model()
