@@ -167,7 +167,7 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
     np.savez_compressed(buf, **arrays)
     png = convergence_png(result)
     files: list[tuple[Path, Callable[[Any], None], bool]] = [
-        (folder / "results.json", lambda fh: json.dump(result.to_json(), fh, indent=2, default=_json_default), False),
+        (folder / "results.json", lambda fh: json.dump(result.to_json(), fh, indent=2, default=json_default), False),
         (folder / "samples.csv", write_csv, False),
         (folder / "witnesses.npz", lambda fh: fh.write(buf.getvalue()), True),
         (folder / "convergence.png", lambda fh: fh.write(png), True),
@@ -210,7 +210,8 @@ def convergence_png(result: RunResult) -> bytes:
     return buf.getvalue()
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dump(..., default=json_default)``: NumPy scalars and arrays as plain JSON."""
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

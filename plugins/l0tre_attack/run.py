@@ -269,11 +269,11 @@ def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: Rand
 def write_outputs(result: AttackResult, folder: Path, data: Any, geometry: Any) -> list[Path]:
     """``attacks.json``, ``adversarial.npz`` (index, x_adv in the data file's per-sample layout)
     and ``adversarial.png`` (up to 16 clean/adversarial pairs, changed pixels marked)."""
-    from l0tre_core.results import atomic_write
+    from l0tre_core.results import atomic_write, json_default
 
     written = []
     path = folder / "attacks.json"
-    atomic_write(path, lambda fh: json.dump(result.to_json(), fh, indent=2, default=_json_default))
+    atomic_write(path, lambda fh: json.dump(result.to_json(), fh, indent=2, default=json_default))
     written.append(path)
 
     idx = sorted(result.images)
@@ -352,13 +352,3 @@ def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS)
     fig.savefig(out, format="png")
     plt.close(fig)
     return out.getvalue()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
