@@ -170,7 +170,7 @@ def test_relu_nets_against_milp(name: str) -> None:
                 assert verdict.status == "proven"
 
 
-@pytest.mark.parametrize("name", ["mlp_relu", "cnn_maxpool", "cnn_3ch_norm", "cnn_avgpool_bn", "cnn_3ch_nhwc_maxpool"])
+@pytest.mark.parametrize("name", ["mlp_relu", "cnn_maxpool", "cnn_3ch_norm", "cnn_avgpool_bn", "mlp_matmul_3ch_b1"])
 def test_generalised_domains_against_milp(name: str) -> None:
     """The branch-and-bound domains: excluded pixels, forced pixels with narrowed boxes, a budget."""
     case, net = _case(name)
@@ -348,11 +348,17 @@ def test_random_nets_against_milp(seed: int, kind: str, act: str, normalise: boo
     assert margin_of(ort_logits(case, x0[None]), ref)[0] >= -ORT_TOL
 
 
+@pytest.mark.parametrize("pairs", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_tiny_images_every_t_with_clean_input_outside_the_range(seed: int) -> None:
+def test_tiny_images_every_t_with_clean_input_outside_the_range(seed: int, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """3-4 pixels, t up to the pixel count, a valid range that excludes parts of the clean input:
     exercises the search where the budget stops binding, and witnesses that must move every
-    scalar of a changed pixel into the range."""
+    scalar of a changed pixel into the range. ``pairs``: t = 2 goes straight to the enumeration
+    of every pair of pixels."""
+    if pairs:
+        from l0tre_core.certify import search
+
+        monkeypatch.setattr(search, "PAIR_SWITCH_SHARE", 0.0)
     case = build_mlp(40 + seed, n_pixels=3 + seed % 2, channels=1 + seed % 2, hidden=(6,), k=3, gain=3.0)
     net = Network.from_onnx(case.model, "x", "y", case.sample_shape)
     rng = np.random.default_rng(seed)
@@ -374,3 +380,27 @@ def test_tiny_images_every_t_with_clean_input_outside_the_range(seed: int) -> No
             else:
                 _check_witness(mcase, x0, ref, t, v.witness)
                 assert exact.min() < 0
+
+
+@pytest.mark.parametrize("name", ["mlp_relu", "cnn_maxpool", "cnn_3ch_nhwc_maxpool", "cnn_stride2_pad"])
+def test_t2_pair_enumeration_against_milp(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """t = 2 by bounding every pair of pixels as a box (what the search switches to on CNNs)."""
+    from l0tre_core.certify import search
+
+    monkeypatch.setattr(search, "PAIR_SWITCH_SHARE", 0.0)
+    case, net = _case(name)
+    rng = np.random.default_rng(5)
+    xs = rng.uniform(0, 1, (64, case.d))
+    zs = np.sort(net.forward(xs), axis=1)
+    robust = xs[int(np.argmax(zs[:, -1] - zs[:, -2]))]  # most likely proven, through the pairs
+    for x0 in _inputs(case, rng, 2) + [robust]:
+        ref = int(np.argmax(net.forward(x0[None])[0]))
+        v = certify(net, _input_set(case, x0), ref, 2, time_limit=30.0)
+        exact, _ = exact_min_margins(net, case, x0, ref, 2, exact=name in EXACT_T2)
+        if v.status == "proven":
+            assert exact.min() > -TOL
+            assert v.detail.startswith("pairs") or v.detail == "one-pass"
+        elif v.status == "refuted":
+            _check_witness(case, x0, ref, 2, v.witness)
+        else:
+            pytest.fail(v.detail)

@@ -81,7 +81,6 @@ class Problem:
             self.pixel_scalars[p, pos[p]] = s
             pos[p] += 1
         self.scalar_mask = self.pixel_scalars >= 0
-        self.vals0 = net.forward_all(self.x0[None])
 
     def input_term(self, j: int, i: int) -> np.ndarray:
         """``W x0`` for parent ``i`` (the input) of node ``j`` (cached)."""

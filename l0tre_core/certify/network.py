@@ -267,20 +267,6 @@ class Network:
         parts = [f"{n.kind}[{n.size}]" for n in self.nodes]
         return f"Network({' -> '.join(parts)})"
 
-    def forward_all(self, x: np.ndarray) -> list[np.ndarray]:
-        x = np.asarray(x, dtype=np.float64).reshape(-1, self.n_inputs)
-        vals: list[np.ndarray | None] = [x]
-        for j in range(1, len(self.nodes)):
-            nd = self.nodes[j]
-            if nd.kind == "linear":
-                acc = np.broadcast_to(nd.bias, (x.shape[0], nd.size)).copy()
-                for p, w in zip(nd.parents, nd.mats):
-                    acc += apply_mat(vals[p], w)
-                vals.append(acc)
-            else:
-                vals.append(eval_nonlinear(nd, vals[nd.parents[0]]))
-        return vals  # type: ignore[return-value]
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``[B, D]`` model-space inputs -> ``[B, K]`` outputs (a final Softmax dropped)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, self.n_inputs)
