@@ -86,6 +86,21 @@ class Common:
             raise UsageError(str(exc)) from None
         return flags
 
+    def prepare_out(self) -> Path | None:
+        """Create ``--out`` and check it is writable, before any long work (None without --out)."""
+        from l0tre_core.errors import DataError
+
+        if self.out is None:
+            return None
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".l0tre-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise DataError(f"cannot write to --out {self.out}: {exc.strerror or exc}") from None
+        return self.out
+
     def load_model(self) -> Any:
         from l0tre_core.model import load_model
 

@@ -11,7 +11,7 @@ from typing_extensions import Annotated
 
 from l0tre_cli import Common, common_options, console
 from l0tre_cli.progress import InputProgress
-from l0tre_core.errors import DataError, Interrupted
+from l0tre_core.errors import Interrupted
 from l0tre_core.threat import ThreatModel
 from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
 from l0tre_attack.search import DEFAULT_K_CAP, DEFAULT_QUERIES
@@ -33,12 +33,7 @@ def attack(
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, values=values, against=against)
     data = common.load_data(model)
-    out = common.out
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    out = common.prepare_out()
     progress = InputProgress("l0tre attack", len(data), quiet=common.quiet or common.format == "json", classifier=model)
     sizes: list[float] = []
 

@@ -51,7 +51,7 @@ def design(
     lo, hi = models[0].card.range
     # every model gets the same threat model, budget, seed and inputs
     threat = ThreatModel(lo=lo, hi=hi, unit="pixel", values=values, score=score)
-    out = _prepare_out(common.out)  # before the long part: a bad --out fails at once
+    out = common.prepare_out()  # before the long part: a bad --out fails at once
     quiet = common.quiet or common.format == "json"
     rows: list[dict[str, Any]] = []
     for k, (name, model) in enumerate(zip(names, models), 1):
@@ -139,15 +139,6 @@ def _print(report: dict[str, Any]) -> None:
     for c in report["claims"]:
         console.out.print(c["text"])
 
-
-def _prepare_out(out: Path | None) -> Path | None:
-    if out is None:
-        return None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    return out
 
 
 def _write_files(out: Path, report: dict[str, Any], ordered: list[ModelBounds]) -> None:

@@ -44,7 +44,9 @@ def robustness(
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit=unit, values=values, against=against, score=score)
     data = common.load_data(model)
-    out = prepare_out(common.out, keep_checkpoint=not (resume or overwrite))
+    if not (resume or overwrite):
+        refuse_to_restart(common.out)
+    out = common.prepare_out()
     view = InputProgress("l0tre robustness", len(data), quiet=common.quiet or common.format == "json", classifier=model)
     try:
         with view:
@@ -66,26 +68,15 @@ def robustness(
         console.err.print(f"results written to {escape(str(out))}", soft_wrap=True)
 
 
-def prepare_out(out: Path | None, keep_checkpoint: bool = True) -> Path | None:
-    """Create ``out`` and check it is writable; never start over a checkpoint by accident."""
+def refuse_to_restart(out: Path | None) -> None:
+    """Never start over an earlier run's checkpoint by accident."""
     from l0tre_core.checkpoint import NAME
-    from l0tre_core.errors import DataError
 
-    if out is None:
-        return None
-    if keep_checkpoint and (out / NAME).is_file():
+    if out is not None and (out / NAME).is_file():
         raise UsageError(
             f"--out {out} holds the checkpoint of an earlier run",
             hint="continue it with --resume, or start afresh with --overwrite",
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".l0tre-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise DataError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    return out
 
 
 def print_table(result: RunResult) -> None:

@@ -15,7 +15,7 @@ from typing_extensions import Annotated
 from l0tre_cli import Common, common_options, console
 from l0tre_core.api import pick_kernels
 from l0tre_core.driver import Budget
-from l0tre_core.errors import DataError, UsageError
+from l0tre_core.errors import UsageError
 from l0tre_core.results import atomic_write
 from l0tre_core.search import SearchContext
 from l0tre_core.threat import ThreatModel
@@ -38,12 +38,8 @@ def saliency(
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit="pixel", values=values, score=score)
     data = common.load_data(model)
-    out = _prepare_out(common.out)
+    out = common.prepare_out()
     host = common.host
-    if host is None:
-        from l0tre_core.plugins import create_host
-
-        host = create_host()
     kernels = pick_kernels(host, common.device)
     refs = model.predict(data.x)
     shape = image_shape(model.geometry)
@@ -115,12 +111,3 @@ def _write_files(out: Path, data: Any, refs: np.ndarray, maps: list[SaliencyMap]
     png = saliency_png(images, stacked, titles, value_range)
     atomic_write(out / "saliency.png", lambda fh: fh.write(png), binary=True)
 
-
-def _prepare_out(out: Path | None) -> Path | None:
-    if out is None:
-        return None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    return out
