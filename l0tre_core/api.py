@@ -14,7 +14,7 @@ from l0tre_core.bounds import SampleState
 from l0tre_core.checkpoint import Checkpoint, file_digest
 from l0tre_core.data import Dataset
 from l0tre_core.driver import LOWER_MODES, Budget, Driver
-from l0tre_core.errors import CardError, DataError, EnvironmentProblem, UsageError
+from l0tre_core.errors import CardError, CertificateContradiction, DataError, EnvironmentProblem, UsageError
 from l0tre_core.events import BoundUpdate
 from l0tre_core.model import Classifier
 from l0tre_core.results import RunResult, write_results
@@ -46,16 +46,25 @@ def pick_kernels(host: Any, device: str) -> Any:
     return kernels["numpy"]
 
 
-def resolve_lower(mode: str, classifier: Classifier, host: Any) -> tuple[str, Any, str | None]:
-    """The lower-bound mode to run, the sound certifier (if any) and why sound is unavailable."""
+def resolve_lower(mode: str, classifier: Classifier, host: Any, data: Dataset | None = None,
+                  threat: ThreatModel | None = None, seed: int = 0) -> tuple[str, Any, str | None]:
+    """The lower-bound mode to run, the sound certifier (if any) and why sound is unavailable:
+    the method may not support the model, or its own view of the network may disagree with
+    onnxruntime on the data (checked once here)."""
     if mode not in LOWER_MODES:
         raise UsageError(f"--lower must be one of {', '.join(LOWER_MODES)}, got {mode!r}")
     if mode == "discrete":
         return "discrete", None, None
     method = host.registry("bound_methods").get("sound")
     reason = "no sound lower-bound method is installed" if method is None else method.unsupported(classifier)
+    certifier = None
     if reason is None:
-        return mode, method.prepare(classifier), None
+        certifier = method.prepare(classifier)
+        threat = threat or ThreatModel(lo=classifier.card.lo, hi=classifier.card.hi)
+        x = np.zeros((0,)) if data is None else data.x
+        reason = certifier.refusal(x, threat, seed)
+    if reason is None:
+        return mode, certifier, None
     if mode == "auto":
         return "discrete", None, reason
     raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")
@@ -156,7 +165,7 @@ def evaluate(
     check_model_space(classifier)
     np.random.seed(seed)
     kernels = pick_kernels(host, device)
-    lower_mode, certifier, why_not_sound = resolve_lower(lower, classifier, host)
+    lower_mode, certifier, why_not_sound = resolve_lower(lower, classifier, host, data, threat, seed)
     notes = [] if why_not_sound is None else [f"sound lower bounds unavailable ({why_not_sound}); using discrete"]
     identity = {
         "model_sha256": file_digest(classifier.path),
@@ -238,4 +247,14 @@ def evaluate(
         write_results(result, out, data.sample_shape)
     if interrupted:
         raise KeyboardInterrupt
+    wrong = [s.index for s in samples if s.contradiction]
+    if wrong:
+        exc = CertificateContradiction(
+            f"internal error: a sound lower bound was above a verified witness at input(s) {', '.join(map(str, wrong))}; "
+            "the witnesses are kept and no lower bound above them is reported"
+            + (f" (results in {out})" if out is not None else ""),
+            hint="please report this with the model",
+        )
+        exc.result = result
+        raise exc
     return result

@@ -80,25 +80,43 @@ class SampleState:
     evaluations: int = 0
     seconds: float = 0.0
     finished: bool = False
-    notes: list[str] = field(default_factory=list)
+    float32_band: int | None = None  # level whose sound certificate stopped inside the float32 band
+    contradiction: bool = False  # a sound lower bound exceeded a verified witness (an internal error)
 
     @property
     def lower(self) -> int:
-        return max(self.lower_sound, self.lower_discrete)
+        """The reported lower bound: a discrete bound above an interior-valued witness bounds
+        only the changes over V, so it is capped at the witness."""
+        discrete = self.lower_discrete if self.upper is None else min(self.lower_discrete, self.upper)
+        return max(self.lower_sound, discrete)
 
     @property
     def guarantee(self) -> str:
-        if self.lower_sound >= self.lower_discrete:
+        discrete = self.lower_discrete if self.upper is None else min(self.lower_discrete, self.upper)
+        if self.lower_sound >= discrete:
             return "sound" if self.lower_sound > 1 or self.upper == 0 else "none"
         return "discrete"
 
     @property
     def exact(self) -> bool:
-        return self.upper is not None and self.lower >= self.upper
+        """d* is known: a sound lower bound meets the witness."""
+        return self.upper is not None and self.lower_sound >= self.upper
+
+    @property
+    def exact_over_v(self) -> bool:
+        """The discrete lower bound meets the witness: no change of fewer pixels to values in V
+        flips the input, and the witness does (d* itself may be smaller through other values)."""
+        return self.upper is not None and not self.exact and self.lower_discrete == self.upper
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to search for at this input: exact, or exact over V."""
+        return self.exact or self.exact_over_v
 
     def raise_lower(self, value: int, guarantee: str) -> None:
         if guarantee == "sound":
             self.lower_sound = max(self.lower_sound, value)
+            self._check_sound()
         else:
             self.lower_discrete = max(self.lower_discrete, value)
 
@@ -107,8 +125,16 @@ class SampleState:
         if self.upper is None or witness.size < self.upper:
             self.upper = witness.size
             self.witness = witness
+            self._check_sound()
             return True
         return False
+
+    def _check_sound(self) -> None:
+        # a verified witness below a sound lower bound: the certificate was wrong. Keep the
+        # witness, never report a lower bound above it, and flag the input (exit code 5)
+        if self.upper is not None and self.lower_sound > self.upper:
+            self.lower_sound = self.upper
+            self.contradiction = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +150,10 @@ class SampleState:
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 4),
             "finished": self.finished,
+            "exact": self.exact,
+            "exact_over_v": self.exact_over_v,
+            "float32_band": self.float32_band,
+            "contradiction": self.contradiction,
             "witness": self.witness.to_json() if self.witness is not None else None,
         }
 
@@ -142,4 +172,6 @@ class SampleState:
             evaluations=int(data["evaluations"]),
             seconds=float(data["seconds"]),
             finished=bool(data["finished"]),
+            float32_band=None if data.get("float32_band") is None else int(data["float32_band"]),
+            contradiction=bool(data.get("contradiction", False)),
         )

@@ -174,9 +174,16 @@ def check_state(
         raise ValueError("seconds must be a non-negative number")
     if not isinstance(data.get("finished"), bool):
         raise ValueError("finished must be true or false")
-    lower = max(data["lower_sound"], data["lower_discrete"])
-    if upper is not None and lower > upper:
-        raise ValueError(f"lower {lower} is above upper {upper}")
+    if max(data["lower_sound"], data["lower_discrete"]) > data["level"] + 1:
+        raise ValueError(f"a lower bound is above what level {data['level']} can prove")
+    # a discrete bound may exceed a witness with interior values; a sound one never may
+    if upper is not None and data["lower_sound"] > upper:
+        raise ValueError(f"sound lower {data['lower_sound']} is above upper {upper}")
+    band = data.get("float32_band")
+    if band is not None and (not _is_int(band) or band < 1):
+        raise ValueError("float32_band must be a positive integer or null")
+    if not isinstance(data.get("contradiction", False), bool):
+        raise ValueError("contradiction must be true or false")
     w = data.get("witness")
     if w is None:
         if upper is not None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.errors import DataError, UsageError
-from l0tre_core.geometry import Geometry
+from l0tre_core.errors import CardError, DataError, UsageError
+from l0tre_core.geometry import Geometry, geometry_for
 from l0tre_core.registry import RawData
 
 
@@ -52,6 +52,77 @@ def find_format(path: Path, formats: dict[str, Any], name: str | None = None) ->
     )
 
 
+def _reading(stored: str, per_sample: tuple[int, ...], geometry: Geometry) -> str | None:
+    """How samples of shape ``per_sample`` fit ``geometry``: ``"model"`` (in the model's own input
+    layout), ``"hwc"`` (images, height, width then channels) or None (they do not fit).
+
+    ``stored`` is the format's claim (``"hwc"``, or ``"as-is"`` to match against the model).
+    Samples in exactly the model's per-sample shape are read in the model's layout.
+    """
+    p, c = geometry.n_pixels, geometry.n_channels
+    size = int(np.prod(per_sample))
+    if stored == "hwc":
+        return "hwc" if size == p * c and not (len(per_sample) == 3 and per_sample[2] != c) else None
+    if per_sample == geometry.sample_shape:
+        return "model"
+    if geometry.image_shape and per_sample in ((*geometry.image_shape, c), geometry.image_shape if c == 1 else ()):
+        return "hwc"
+    if size == p * c and geometry.layout == "flat":
+        return "hwc"
+    return None
+
+
+def _canonical(x: np.ndarray, geometry: Geometry, reading: str) -> np.ndarray:
+    if reading == "model":
+        return geometry.from_model(x)
+    return x.reshape(len(x), geometry.n_pixels, geometry.n_channels)
+
+
+def _describe(geometry: Geometry, reading: str) -> str:
+    h, w = geometry.image_shape or (geometry.n_pixels, 1)
+    c = geometry.n_channels
+    axes = "C,H,W" if reading == "model" and geometry.layout == "nchw" else "H,W,C"
+    moved = ", transposed to the model's C,H,W" if reading == "hwc" and geometry.layout == "nchw" else ""
+    return f"--layout {geometry.layout} reads a sample as {axes} ({h}x{w} pixels of {c} channels{moved})"
+
+
+def check_unambiguous(stored: str, per_sample: tuple[int, ...], geometry: Geometry, source: str) -> None:
+    """Refuse data that fit a model whose layout was only guessed in more than one way (a
+    UsageError naming ``--layout``): the readings group different numbers into pixels, or feed
+    the model different tensors, so the bounds would depend on a silent choice."""
+    if not geometry.alternatives:
+        return
+    readings: list[tuple[Geometry, str]] = []
+    for layout in (geometry.layout, *geometry.alternatives):
+        try:
+            g = geometry if layout == geometry.layout else geometry_for(("N", *geometry.sample_shape), layout, None)
+        except CardError:
+            continue
+        how = _reading(stored, per_sample, g)
+        if how is not None:
+            readings.append((g, how))
+    probe = np.arange(int(np.prod(per_sample)), dtype=np.float64).reshape(1, *per_sample)
+    distinct: dict[tuple[bytes, bytes], tuple[Geometry, str]] = {}
+    for g, how in readings:
+        key = (g.to_model(_canonical(probe, g, how)).tobytes(), g.pixel_ids().tobytes())
+        distinct.setdefault(key, (g, how))
+    chosen = [g.layout for g, _ in distinct.values()]
+    if len(distinct) < 2 and chosen[:1] in ([], [geometry.layout]):
+        return
+    shape = "[" + ", ".join(["N", *(str(d) for d in geometry.sample_shape)]) + "]"
+    ways = "; or ".join(_describe(g, how) for g, how in distinct.values())
+    names = " or ".join(f"--layout {layout}" for layout in chosen)
+    if len(distinct) > 1:
+        problem = f"fit the model input {shape} in more than one layout and the model does not say which"
+    else:
+        problem = f"fit the model input {shape} only in a layout other than the one guessed ({geometry.layout})"
+    raise UsageError(
+        f"{source}: samples of shape {list(per_sample)} {problem} (its layout was only inferred from the input "
+        f"shape): {ways}; " + (f"the bounds differ between them, so give {names}" if len(distinct) > 1 else f"give {names} to read them so"),
+        hint="or set the layout in the model card: a <model>.l0tre.json sidecar or l0tre.layout metadata",
+    )
+
+
 def fit_to_model(raw: RawData, geometry: Geometry, value_range: tuple[float, float], source: str) -> Dataset:
     """Reshape stored samples to canonical form and scale uint8 data to the valid range."""
     x = raw.x
@@ -60,34 +131,26 @@ def fit_to_model(raw: RawData, geometry: Geometry, value_range: tuple[float, flo
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{source} holds {x.dtype} values, not numbers")
     per_sample = tuple(int(d) for d in x.shape[1:])
-    p, c = geometry.n_pixels, geometry.n_channels
+    c = geometry.n_channels
     lo, hi = value_range
+    check_unambiguous(raw.layout, per_sample, geometry, source)
     if x.dtype == np.uint8:
         xf = lo + x.astype(np.float32) / 255.0 * (hi - lo)
     else:
         xf = x.astype(np.float32)
     n = len(xf)
-    if raw.layout == "hwc":
-        if int(np.prod(per_sample)) != p * c or (len(per_sample) == 3 and per_sample[2] != c):
-            raise DataError(
-                f"{source}: samples of shape {list(per_sample)} do not fit the model "
-                f"({geometry.image_shape and list(geometry.image_shape)} pixels x {c} channels, layout {geometry.layout})"
-            )
-        xc, layout = xf.reshape(n, p, c), "hwc"
-    elif per_sample == geometry.sample_shape:
-        xc, layout = geometry.from_model(xf), "model"
-    elif geometry.image_shape and per_sample in (
-        (*geometry.image_shape, c),
-        geometry.image_shape if c == 1 else (),
-    ):
-        xc, layout = xf.reshape(n, p, c), "hwc"
-    elif int(np.prod(per_sample)) == p * c and geometry.layout == "flat":
-        xc, layout = xf.reshape(n, p, c), "hwc"
-    else:
+    layout = _reading(raw.layout, per_sample, geometry)
+    if layout is None and raw.layout == "hwc":
+        raise DataError(
+            f"{source}: samples of shape {list(per_sample)} do not fit the model "
+            f"({geometry.image_shape and list(geometry.image_shape)} pixels x {c} channels, layout {geometry.layout})"
+        )
+    if layout is None:
         raise DataError(
             f"{source}: samples of shape {list(per_sample)} do not fit the model input {list(geometry.sample_shape)} "
             f"(layout {geometry.layout})"
         )
+    xc = _canonical(xf, geometry, layout)
     if not np.all(np.isfinite(xc)):
         bad = int(np.argmax(~np.isfinite(xc).reshape(n, -1).all(axis=1)))
         raise DataError(f"{source}: sample {bad} holds NaN or infinite values")

@@ -130,7 +130,7 @@ class Driver:
             deadline = own if deadline is None else min(deadline, own)
         evals0 = self.classifier.evaluations
         ctx = SearchContext(self.classifier, self.kernels, self.threat, x, state.reference, self.budget.chunk)
-        if state.level >= 1 and self.upper_methods and not state.exact:
+        if state.level >= 1 and self.upper_methods and not state.settled:
             # a resumed input: rebuild the t = 1 ranking other searches draw on, as the
             # uninterrupted run had it (cheap, and the same every time)
             ctx.sweep(1, None)
@@ -144,14 +144,14 @@ class Driver:
         interrupted = False
         try:
             for t in range(state.level + 1, self.budget.max_t + 1):
-                if state.exact or self.stop_requested or (deadline is not None and time.monotonic() > deadline):
+                if state.settled or self.stop_requested or (deadline is not None and time.monotonic() > deadline):
                     break
                 if not self._level(ctx, t, state, deadline):
                     account()
                     break
                 state.level = t
                 account()
-                if state.exact or t == self.budget.max_t:
+                if state.settled or t == self.budget.max_t:
                     state.finished = True
                 self._emit(pos, state)
         except KeyboardInterrupt:
@@ -160,7 +160,7 @@ class Driver:
         finally:
             if not interrupted:
                 account()
-        if state.exact or state.level >= self.budget.max_t:
+        if state.settled or state.level >= self.budget.max_t:
             state.finished = True
             self._emit(pos, state)
 
@@ -177,6 +177,8 @@ class Driver:
             if status == "proven":
                 state.raise_lower(t + 1, "sound")
                 sound_proven = True
+            elif status == "band":
+                state.float32_band = t
             elif status == "refuted" and witness is not None and ctx.verify(witness):
                 state.offer(witness)
         need_sweep = self.lower in ("discrete", "both") or t == 1 or state.upper is None
@@ -184,7 +186,7 @@ class Driver:
             need_sweep = True
         if sound_proven and state.upper is not None and self.lower != "both":
             need_sweep = False
-        if state.exact:
+        if state.settled:
             return True
         if need_sweep:
             sens = ctx.sweep(t, deadline)
@@ -194,7 +196,7 @@ class Driver:
                     state.offer(ctx.tighten(flip) if flip.size > 1 else flip)
             elif sens.complete:
                 state.raise_lower(t + 1, "discrete")
-            if not state.exact and len(sens.subsets):
+            if not state.settled and len(sens.subsets):
                 w = ctx.cumulative_union(sens)
                 if w is not None:
                     w = ctx.tighten(w)
@@ -208,7 +210,7 @@ class Driver:
     def _improve_upper(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None) -> None:
         """Give the registered upper-bound searches their turn; keep what verifies and is smaller."""
         for method in self.upper_methods:
-            if state.exact:
+            if state.settled:
                 return
             # seeded by (run seed, input, level), never by order of arrival: resumed runs agree
             rng = np.random.default_rng([self.seed, state.index, t])

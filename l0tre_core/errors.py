@@ -61,6 +61,14 @@ class CheckpointError(L0treError):
     exit_code = 3
 
 
+class CertificateContradiction(L0treError):
+    """A sound lower bound was above a verified witness: a bug in a certifier. The results are
+    written with the witness kept and no lower bound above it; the run exits with code 5."""
+
+    exit_code = 5
+    result: object = None  # the run's results, witnesses kept
+
+
 class Interrupted(L0treError):
     """The run was stopped by a signal after saving what it had."""
 

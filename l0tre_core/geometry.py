@@ -8,7 +8,7 @@ tensor. Keeping the engine in canonical form makes it layout-agnostic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +25,9 @@ class Geometry:
     n_pixels: int
     n_channels: int
     image_shape: tuple[int, int] | None  # (H, W) where known
+    # other layouts the declared input shape reads equally well in, where the card's layout was only
+    # inferred from that shape (data that fit more than one of them are refused as ambiguous)
+    alternatives: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def n_features(self) -> int:
@@ -87,6 +90,24 @@ def infer_layout(shape: Sequence[Any]) -> str | None:
     if len(dims) in (1, 2):
         return "flat"
     return None
+
+
+def ambiguous_layouts(shape: Sequence[Any]) -> tuple[str, ...]:
+    """The layouts a declared input shape (batch included) reads equally well in: more than one
+    only where ``infer_layout`` has nothing to go on but the ONNX convention.
+
+    Both ends of ``[N, a, b, c]`` look like channels (3 or 4; a single channel decides for
+    itself) and square images do not pick one (both readings give them, or neither does):
+    ``[N, 3, 3, 3]``, ``[N, 4, 4, 4]``, ``[N, 3, 32, 3]``. ``[N, 3, 4, 4]`` (square only as NCHW)
+    and ``[N, 4, 4, 3]`` (only as NHWC) are decided.
+    """
+    dims = list(shape)[1:]
+    if len(dims) == 3 and all(isinstance(d, int) for d in dims):
+        first, mid, last = dims
+        if first in (3, 4) and last in (3, 4) and (mid == last) == (first == mid):
+            return ("nchw", "nhwc")
+    layout = infer_layout(shape)
+    return (layout,) if layout is not None else ()
 
 
 def geometry_for(shape: Sequence[Any], layout: str, channels: int | None) -> Geometry:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from l0tre_core.card import ModelCard, metadata_fields, read_sidecar, resolve_card
 from l0tre_core.errors import CardError, ModelError, UsageError
-from l0tre_core.geometry import Geometry, geometry_for, infer_layout
+from l0tre_core.geometry import Geometry, ambiguous_layouts, geometry_for, infer_layout
 from l0tre_core.registry import BackendOptions, Runtime
 
 DEFAULT_BATCH = 256
@@ -114,6 +114,7 @@ class Classifier:
             "card": self.card.to_dict(),
             "providers": list(self.runtime.providers),
             "batching": self.runtime.batching,
+            "session_options": dict(getattr(self.runtime, "session_options", {})),
             "notes": list(self.runtime.notes) + list(self.notes),
         }
 
@@ -165,6 +166,12 @@ def build_classifier(
         inferred=infer_card_fields(runtime, onnx_model),
     )
     geometry = geometry_for(runtime.input_shape, card.layout, card.channels)
+    if card.sources.get("layout") in ("inferred", "default"):
+        # a guessed layout: remember what else the input shape could mean, so that data which
+        # fit more than one reading are refused rather than read one way silently
+        others = tuple(layout for layout in ambiguous_layouts(runtime.input_shape) if layout != card.layout)
+        if others:
+            geometry = replace(geometry, alternatives=others)
     out_dims = [d for d in runtime.output_shape[1:]]
     k = math.prod(d for d in out_dims if isinstance(d, int)) if out_dims else 0
     # One axis of class scores; other axes may only be 1 ([N, K] or e.g. [N, K, 1, 1]).

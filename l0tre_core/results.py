@@ -20,9 +20,9 @@ SCHEMA_VERSION = 1
 
 
 class SelfCheckFailed(L0treError):
-    """A result failed its own consistency check; nothing is written."""
+    """A result failed its own consistency check (an internal error); nothing is written."""
 
-    exit_code = 1
+    exit_code = 5
 
 
 class OutputError(L0treError):
@@ -70,7 +70,6 @@ class RunResult:
         for s in self.samples:
             d = s.to_json()
             d.pop("witness")
-            d["exact"] = s.exact
             samples.append(d)
         guarantees = sorted({s.guarantee for s in self.samples})
         return {
@@ -90,6 +89,8 @@ class RunResult:
                 "guarantees": guarantees,
                 "inputs": len(self.samples),
                 "exact": sum(s.exact for s in self.samples),
+                "exact_over_v": sum(s.exact_over_v for s in self.samples),
+                "float32_band": sum(s.float32_band is not None for s in self.samples),
             },
             "samples": samples,
         }
@@ -152,10 +153,12 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
 
     def write_csv(fh: Any) -> None:
         w = csv.writer(fh)
-        w.writerow(["index", "label", "reference", "lower", "upper", "guarantee", "exact", "evaluations", "seconds"])
+        w.writerow(["index", "label", "reference", "lower", "upper", "guarantee", "exact", "exact_over_v", "float32_band",
+                    "evaluations", "seconds"])
         for s in result.samples:
             w.writerow([s.index, "" if s.label is None else s.label, s.reference, s.lower,
-                        "" if s.upper is None else s.upper, s.guarantee, s.exact, s.evaluations, f"{s.seconds:.3f}"])
+                        "" if s.upper is None else s.upper, s.guarantee, s.exact, s.exact_over_v,
+                        "" if s.float32_band is None else s.float32_band, s.evaluations, f"{s.seconds:.3f}"])
 
     idx = sorted(result.witness_images)
     arrays = {

@@ -60,6 +60,7 @@ class OrtRuntime:
     onnx_model: Any
     metadata: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    session_options: dict[str, Any] = field(default_factory=dict)  # recorded with results: certificates assume them
 
     def run(self, batch: Any) -> np.ndarray:
         if type(batch).__module__.startswith("cupy"):
@@ -201,7 +202,17 @@ def load_runtime(path: Path, options: BackendOptions) -> OrtRuntime:
         onnx_model=model,
         metadata=metadata,
         notes=notes,
+        session_options=_options_of(session),
     )
+
+
+def _options_of(session: Any) -> dict[str, Any]:
+    so = session.get_session_options()
+    return {
+        "graph_optimization_level": str(so.graph_optimization_level).rsplit(".", 1)[-1],
+        "execution_mode": str(so.execution_mode).rsplit(".", 1)[-1],
+        "intra_op_num_threads": so.intra_op_num_threads,
+    }
 
 
 def _same_as_single_runs(batched: Any, single: Any, in_name: str, out_name: str, in_shape: tuple[Any, ...]) -> bool:

@@ -41,3 +41,4 @@ class Verdict:
     witness: np.ndarray | None  # model-space [D] input classified != ref, <= t pixels from x0
     seconds: float
     detail: str = ""
+    band: bool = False  # unknown because a margin stays inside the float32 error band

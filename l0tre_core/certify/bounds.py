@@ -13,7 +13,13 @@ specification, concretised with the top-k rule.
 the F free scalars (cheap: F + 1 rows per neuron) for the intermediate neurons, and backward CROWN
 for the specification, with the input layer restricted to the free columns.
 
-Both are sound over-approximations: every bound holds for every point of the set.
+Both are sound over-approximations: every bound holds for every point of the set, for the
+network evaluated in float32. Rounding enters as a bounded perturbation: every linear node's
+float32 value is ``W v + b + d`` with ``|d| <= eps_j`` (``Problem.eps``, from the float32 model of
+``certify/float32.py`` and the magnitudes the node's inputs reach over the L0 ball), Sigmoid and
+Tanh add their measured allowance, and a dropped final Softmax costs ``Problem.final_slack`` off
+every margin. ``Problem.prepare_float32(t)`` sets these from the ball of size ``t``; every box and
+domain searched afterwards lies inside that ball, so the same ``eps`` holds for them.
 """
 
 from __future__ import annotations
@@ -23,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.certify import _ops
-from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, cols_of, pool_values, rows_of
+from l0tre_core.certify import float32
+from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, cols_of, rows_of
+from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, relax
 
 _CHUNK = 6_000_000  # floats in one [B, R, D] block
-_SMOOTH_SLACK = 1e-12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,6 +87,50 @@ class Problem:
             self.pixel_scalars[p, pos[p]] = s
             pos[p] += 1
         self.scalar_mask = self.pixel_scalars >= 0
+        # float32 rounding per node (None: exact float64 arithmetic, before prepare_float32)
+        self.eps: list[np.ndarray | None] | None = None
+        self.final_slack = 0.0
+        self.exact_arithmetic = False  # set while measuring what the float32 terms cost
+
+    def rounding(self, j: int) -> np.ndarray | None:
+        """``eps_j`` of linear node ``j``, or None."""
+        if self.eps is None or self.exact_arithmetic:
+            return None
+        return self.eps[j]
+
+    def prepare_float32(self, t: int) -> list[Any]:
+        """Float32 rounding bounds from the magnitudes of the L0 ball of size ``t``; returns the
+        ball's intermediate bounds (with them)."""
+        self.eps = [None] * len(self.net.nodes)
+        self.final_slack = 0.0
+        ball = Domains.ball(self, t)
+        bounds = intermediate_bounds(self, ball, set_eps=True)
+        if self.net.final is not None:
+            mags = float32.magnitudes(bounds)
+            self.final_slack = float32.FINAL_ALLOWANCE + float32.SAFETY * 4 * float32.U * float(
+                float32.output_magnitude(self.net, mags).max())
+        return bounds
+
+    def input_magnitude(self, nd: Node, i: int, t: int) -> np.ndarray:
+        """``max |W_i| |x|`` over the ball of size ``t`` (x0 with at most t pixels changed): the
+        clean part plus, per row, the ``t`` largest per-pixel increases."""
+        w = nd.mats[i]
+        top = np.maximum(np.maximum(np.abs(self.lo), np.abs(self.hi)) - np.abs(self.x0), 0.0)
+        base = apply_mat(np.abs(self.x0)[None], nd.mat_abs(i))[0]
+        if t <= 0:
+            return base
+        if w is None:
+            return base + top
+        if isinstance(w, np.ndarray):
+            inc = self.to_pixels(np.abs(w) * top[None, :])  # [R, P]
+            k = min(t, inc.shape[1])
+            part = np.partition(inc, inc.shape[1] - k, axis=1)[:, inc.shape[1] - k:] if k < inc.shape[1] else inc
+            return base + part.sum(axis=1)
+        # a structured convolution: t times the largest weight of the row times the largest increase
+        per_pixel = self.to_pixels(top[None, :])[0]
+        wmax = np.abs(w.w).reshape(w.w.shape[0], -1).max(axis=1)
+        rows = np.repeat(wmax, w.shape[0] // w.w.shape[0])
+        return base + rows * float(np.sort(per_pixel)[-t:].sum())
 
     def input_term(self, j: int, i: int) -> np.ndarray:
         """``W x0`` for parent ``i`` (the input) of node ``j`` (cached)."""
@@ -171,122 +221,6 @@ def concretize(prob: Problem, dom: Domains, a: np.ndarray, c: np.ndarray) -> np.
 
 
 # ----------------------------------------------------------------------------------------------
-# relaxations
-
-
-def _f(kind: str, z: np.ndarray) -> np.ndarray:
-    return _ops.sigmoid(z) if kind == "sigmoid" else np.tanh(z)
-
-
-def _df(kind: str, z: np.ndarray) -> np.ndarray:
-    if kind == "sigmoid":
-        s = _ops.sigmoid(z)
-        return s * (1.0 - s)
-    t = np.tanh(z)
-    return 1.0 - t * t
-
-
-def relax(nd: Node, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Linear bounds ``sl z + bl <= f(z) <= su z + bu`` valid for ``z`` in ``[l, u]``."""
-    kind = nd.kind
-    if kind in ("relu", "leaky"):
-        a = 0.0 if kind == "relu" else float(nd.alpha)
-        act = l >= 0
-        ina = u <= 0
-        uns = ~(act | ina)
-        slope_fixed = np.where(act, 1.0, a)
-        sl = slope_fixed.copy()
-        su = slope_fixed.copy()
-        bl = np.zeros_like(l)
-        bu = np.zeros_like(l)
-        if uns.any():
-            lu, uu = l[uns], u[uns]
-            den = uu - lu
-            cs = (uu - a * lu) / den
-            cb = uu - cs * uu
-            tang = np.where(uu > -lu, 1.0, a)
-            if a <= 1.0:
-                su[uns], bu[uns] = cs, cb
-                sl[uns] = tang
-            else:
-                sl[uns], bl[uns] = cs, cb
-                su[uns] = tang
-        return sl, bl, su, bu
-    if kind in ("sigmoid", "tanh"):
-        fl, fu = _f(kind, l), _f(kind, u)
-        width = u - l
-        sl = np.zeros_like(l)
-        su = np.zeros_like(l)
-        bl = fl.copy()
-        bu = fu.copy()
-        wide = width > 1e-9
-        convex = wide & (u <= 0)
-        concave = wide & (l >= 0)
-        mixed = wide & ~convex & ~concave
-        m = 0.5 * (l + u)
-        fm, dm = _f(kind, m), _df(kind, m)
-        chord = np.where(wide, (fu - fl) / np.where(wide, width, 1.0), 0.0)
-        # convex part: tangent below, chord above
-        sl = np.where(convex, dm, sl)
-        bl = np.where(convex, fm - dm * m, bl)
-        su = np.where(convex, chord, su)
-        bu = np.where(convex, fl - chord * l, bu)
-        # concave part: chord below, tangent above
-        sl = np.where(concave, chord, sl)
-        bl = np.where(concave, fl - chord * l, bl)
-        su = np.where(concave, dm, su)
-        bu = np.where(concave, fm - dm * m, bu)
-        # mixed: the least slope on [l, u] is at an end; lines through the ends with that slope
-        ms = np.minimum(_df(kind, l), _df(kind, u))
-        sl = np.where(mixed, ms, sl)
-        bl = np.where(mixed, fl - ms * l, bl)
-        su = np.where(mixed, ms, su)
-        bu = np.where(mixed, fu - ms * u, bu)
-        slack = _SMOOTH_SLACK * (1.0 + np.abs(l) + np.abs(u))
-        return sl, bl - slack, su, bu + slack
-    raise AssertionError(kind)
-
-
-def nonlinear_interval(nd: Node, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    kind = nd.kind
-    if kind == "maxpool":
-        return pool_values(l, nd, -np.inf).max(axis=-1), pool_values(u, nd, -np.inf).max(axis=-1)
-    if kind in ("sigmoid", "tanh"):
-        return _f(kind, l), _f(kind, u)
-    a = 0.0 if kind == "relu" else float(nd.alpha)
-
-    def f(z: np.ndarray) -> np.ndarray:
-        return np.where(z >= 0, z, a * z)
-
-    fl, fu = f(l), f(u)
-    lo, hi = np.minimum(fl, fu), np.maximum(fl, fu)
-    inside = (l < 0) & (u > 0)
-    lo = np.where(inside, np.minimum(lo, 0.0), lo)
-    return lo, hi
-
-
-@dataclass
-class PoolRelax:
-    istar: np.ndarray  # [B, Dout] parent index of the input with the largest lower bound
-    exact: np.ndarray  # [B, Dout] bool: that input dominates the window
-    ub: np.ndarray  # [B, Dout] constant upper bound
-
-
-def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
-    lw = pool_values(l, nd, -np.inf)  # [B, Dout, K]
-    uw = pool_values(u, nd, -np.inf)
-    k = np.argmax(lw, axis=-1)
-    idx = nd.pool_idx
-    assert idx is not None
-    istar = np.take_along_axis(np.broadcast_to(idx, lw.shape), k[..., None], axis=-1)[..., 0]
-    lstar = np.take_along_axis(lw, k[..., None], axis=-1)[..., 0]
-    uo = uw.copy()
-    np.put_along_axis(uo, k[..., None], -np.inf, axis=-1)
-    others = uo.max(axis=-1)
-    return PoolRelax(istar, lstar >= others, uw.max(axis=-1))
-
-
-# ----------------------------------------------------------------------------------------------
 # backward CROWN
 
 
@@ -366,6 +300,9 @@ def backward(
         nd = nodes[j]
         if nd.kind == "linear":
             c = c + a @ nd.bias
+            eps = prob.rounding(j)
+            if eps is not None:
+                c = c - np.abs(a) @ eps
             for p, w in zip(nd.parents, nd.mats):
                 if p == 0 and box is not None:
                     c = c + a @ prob.input_term(j, nd.parents.index(p))
@@ -445,8 +382,10 @@ def _max_width(net: Network, upto: int) -> int:
     return max(nd.size for nd in net.nodes[: upto + 1])
 
 
-def intermediate_bounds(prob: Problem, dom: Domains) -> list[Any]:
-    """Bounds ``(l, u) [B, D_j]`` on every node but the output, over the generalised domains."""
+def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> list[Any]:
+    """Bounds ``(l, u) [B, D_j]`` on every node but the output, over the generalised domains
+    (``set_eps``: the domain is the ball, and each linear node's rounding bound is set from the
+    bounds of its inputs as they are reached)."""
     net = prob.net
     b = len(dom)
     bounds: list[Any] = [None] * len(net.nodes)
@@ -458,12 +397,17 @@ def intermediate_bounds(prob: Problem, dom: Domains) -> list[Any]:
         np.where(forced_sc, dom.hi, np.maximum(dom.hi, prob.x0)),
     )
     rx = _Relax(net, bounds)
-    for j in range(1, net.output):
+    for j in range(1, net.output + (1 if set_eps else 0)):
         nd = net.nodes[j]
         if nd.kind != "linear":
             l, u = bounds[nd.parents[0]]
             bounds[j] = nonlinear_interval(nd, l, u)
             continue
+        if set_eps:
+            assert prob.eps is not None
+            prob.eps[j] = _rounding_bound(prob, nd, bounds, int(dom.budget[0]))
+            if j == net.output:
+                break
         l, u = ibp_linear(nd, bounds)
         l = np.broadcast_to(l, (b, nd.size)).copy()
         u = np.broadcast_to(u, (b, nd.size)).copy()
@@ -479,8 +423,28 @@ def intermediate_bounds(prob: Problem, dom: Domains) -> list[Any]:
                 l[:, li] = np.maximum(l[:, li], lb[:, up])
                 u[:, ui] = np.minimum(u[:, ui], -lb[:, ~up])
         u = np.maximum(u, l)
+        eps = prob.rounding(j)
+        if eps is not None:  # the node's own rounding (its inputs' is inside the bounds already)
+            l, u = l - eps, u + eps
         bounds[j] = (l, u)
     return bounds
+
+
+def _rounding_bound(prob: Problem, nd: Node, bounds: list[Any], t: int) -> np.ndarray:
+    """``eps_j``: what float32 rounding inside linear node ``nd``'s chain of operators can add,
+    given float32-valid bounds on its inputs (``certify/float32.py``)."""
+    g = nd.gsum
+    eps = g * nd.bmass
+    if not g:
+        return eps
+    for i, (p, m) in enumerate(zip(nd.parents, nd.mass)):
+        mag = np.maximum(np.abs(bounds[p][0]), np.abs(bounds[p][1])).max(axis=0)
+        if nd.abs_exact[i]:
+            term = prob.input_magnitude(nd, i, t) if p == 0 else apply_mat(mag[None], nd.mat_abs(i))[0]
+        else:
+            term = m * mag.max()
+        eps = eps + g * term
+    return float32.SAFETY * eps
 
 
 def spec_matrix(k: int, ref: int) -> np.ndarray:
@@ -492,13 +456,17 @@ def spec_matrix(k: int, ref: int) -> np.ndarray:
     return c
 
 
-def spec_bounds(prob: Problem, dom: Domains, ref: int, want_input: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
-    """Lower bounds ``[B, K-1]`` of ``z_ref - z_k`` over the generalised domains."""
+def spec_bounds(prob: Problem, dom: Domains, ref: int, want_input: bool = False,
+                bounds: list[Any] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
+    """Lower bounds ``[B, K-1]`` of ``z_ref - z_k`` over the generalised domains (``bounds``: their
+    intermediate bounds, when already known)."""
     net = prob.net
-    bounds = intermediate_bounds(prob, dom)
+    bounds = intermediate_bounds(prob, dom) if bounds is None else bounds
     rx = _Relax(net, bounds)
     c = spec_matrix(net.n_outputs, ref)
     lb, a_in = backward(prob, rx, net.output, c[None], None, len(dom), dom=dom, want_input=want_input)
+    if not prob.exact_arithmetic:
+        lb = lb - prob.final_slack
     return lb, a_in, bounds
 
 
@@ -622,6 +590,11 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
                 up_rows += mw[:, :-1] + rw[:, :-1]
                 cen += mw[:, -1]
                 rad += rw[:, -1]
+            eps = prob.rounding(j)
+            if eps is not None:
+                lo_rows[:, -1, :] -= eps
+                up_rows[:, -1, :] += eps
+                rad = rad + eps
             L[j], U[j] = lo_rows, up_rows
             if j != net.output:
                 l = np.maximum(cen - rad, _lin_lower(lo_rows, dlo, dhi))
@@ -676,4 +649,6 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
         blb, _ = backward(prob, rx2, out, c[None], None, sel.size, box=bi)
         lb = fwd.copy()
         lb[sel] = np.maximum(fwd[sel], blb)
+    if not prob.exact_arithmetic:
+        lb = lb - prob.final_slack
     return lb, hint

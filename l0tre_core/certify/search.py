@@ -11,14 +11,21 @@
   every pair of pixels is bounded as a box instead (complete, about C(P, 2) boxes: minutes on a
   small MNIST CNN, where branch and bound on one-pass bounds makes little progress).
 
-A certificate needs every margin lower bound above ``PROOF_TOL``; a witness needs a margin below
-``-WITNESS_TOL`` and is re-verified (argmax, changed pixels, range) before it is returned.
+A certificate is about the float32 network onnxruntime runs: every bound includes the float32
+rounding the network can add (``certify/float32.py``, ``Problem.prepare_float32``), and a margin
+counts as proven only when its lower bound is strictly positive (a tie with a lower-index class is
+a flip). The band is what the float32 terms cost the one-pass bound; boxes whose bound would be
+positive without them but stays inside the band after ``BAND_DEPTH`` bisections are given up:
+the verdict is then ``unknown`` with ``band`` set. A witness needs a
+margin below ``-WITNESS_TOL`` and is re-verified (argmax, changed pixels, range) before it is
+returned; the engine verifies it again in onnxruntime.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -26,9 +33,9 @@ from l0tre_core.certify._types import InputSet, Verdict
 from l0tre_core.certify.bounds import Boxes, Domains, Problem, box_bounds, pixel_terms, spec_bounds
 from l0tre_core.certify.network import Network
 
-PROOF_TOL = 1e-8  # a margin lower bound must exceed this to count as proven
 WITNESS_TOL = 1e-6  # a witness must have margin below -WITNESS_TOL (float32 runtimes stay safe)
 MAX_DEPTH = 40  # bisections of one box before it is given up (unknown)
+BAND_DEPTH = 8  # bisections of a box that float64 proves but the float32 band does not
 BOX_CHUNK_FLOATS = 12_000_000
 DOMAIN_BATCH = 8
 MAX_CORNERS = 8
@@ -73,6 +80,25 @@ def margin_lower_bounds(net: Network, inputs: InputSet, ref: int, t: int) -> np.
     return out
 
 
+def proof_margins(net: Network, inputs: InputSet, ref: int, t: int) -> np.ndarray:
+    """The one-pass lower bounds of the float32 network's margins (``[K-1]``, classes other than
+    ``ref`` in order): the one-pass check proves ``t`` iff all are > 0."""
+    prob = problem_for(net, inputs)
+    t = int(max(0, min(t, prob.P)))
+    bounds = prob.prepare_float32(t)
+    return spec_bounds(prob, Domains.ball(prob, t), ref, bounds=bounds)[0][0]
+
+
+def _band(prob: Problem, t: int, ref: int, lb: np.ndarray) -> np.ndarray:
+    """``[K-1]``: what the float32 terms cost the one-pass bounds ``lb``."""
+    prob.exact_arithmetic = True
+    try:
+        lb64 = spec_bounds(prob, Domains.ball(prob, t), ref)[0][0]
+    finally:
+        prob.exact_arithmetic = False
+    return np.maximum(lb64 - lb, 0.0)
+
+
 def certify(
     net: Network,
     inputs: InputSet,
@@ -85,7 +111,8 @@ def certify(
     """Is every input of at most ``t`` changed pixels (each changed pixel's channels anywhere in
     ``[lo, hi]``) classified ``ref``?
 
-    ``proven``: yes, for the network in float64 arithmetic. ``refuted``: ``witness`` is a model-space
+    ``proven``: yes, for the network evaluated in float32 with any summation order (every margin
+    bound clears the float32 band; a tie with a lower-index class counts as a flip). ``refuted``: ``witness`` is a model-space
     input with at most ``t`` changed pixels (unchanged scalars bit-identical to ``x0``) that the
     network classifies otherwise. ``unknown``: neither within ``time_limit`` seconds (None: no
     limit; the one-pass bound always runs to the end). ``split=False``: the one-pass bound only.
@@ -104,21 +131,25 @@ def certify(
         # a near-tie that float32 and float64 may break differently: claim nothing
         return Verdict("unknown", None, timer.elapsed(), "the clean input is a near-tie with ref")
     t = int(max(0, min(t, prob.P)))
-    if t == 0:
-        status = "proven" if m0 > PROOF_TOL else "unknown"
-        return Verdict(status, None, timer.elapsed(), "t = 0")
-    lb, a_in, _ = spec_bounds(prob, Domains.ball(prob, t), ref, want_input=True)
-    if lb.min() > PROOF_TOL:
-        return Verdict("proven", None, timer.elapsed(), "one-pass")
-    if not split:
-        return Verdict("unknown", None, timer.elapsed(), "one-pass inconclusive")
-    search = _Search(prob, ref, t, timer)
+    # float32 rounding bounds from the ball: every box and domain of the search lies inside it
+    bounds = prob.prepare_float32(t)
+    lb, a_in, _ = spec_bounds(prob, Domains.ball(prob, t), ref, want_input=True, bounds=bounds)
+    if lb.min() > 0:
+        return Verdict("proven", None, timer.elapsed(), "one-pass" if t else "t = 0")
+    if t == 0 or not split:
+        in_band = bool((lb[0] + _band(prob, t, ref, lb[0])).min() > 0)
+        return Verdict("unknown", None, timer.elapsed(), "inside the float32 band" if in_band else "one-pass inconclusive",
+                       band=in_band)
+    search = _Search(prob, ref, t, timer, lambda: _band(prob, t, ref, lb[0]))
     return search.run(lb, a_in)
 
 
 class _Search:
-    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer) -> None:
+    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer, band: Callable[[], np.ndarray]) -> None:
         self.prob = prob
+        self._band_of = band
+        self._band: np.ndarray | None = None
+        self.gave_up_band = 0
         self.net = prob.net
         self.ref = ref
         self.t = t
@@ -127,6 +158,13 @@ class _Search:
         self.n_boxes = 0
         self.n_domains = 0
         self.gave_up = 0
+
+    @property
+    def band(self) -> np.ndarray:
+        """``[K-1]``: what the float32 terms cost each one-pass margin bound (computed when needed)."""
+        if self._band is None:
+            self._band = self._band_of()
+        return self._band
 
     # -- concrete checks --------------------------------------------------------------------------
     def check(self, x: np.ndarray) -> bool:
@@ -159,7 +197,17 @@ class _Search:
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
             return Verdict("refuted", self.witness, self.timer.elapsed(), detail)
-        return Verdict("unknown", None, self.timer.elapsed(), detail)
+        return Verdict("unknown", None, self.timer.elapsed(), detail, band=self.gave_up_band > 0)
+
+    def settled(self, detail: str) -> Verdict:
+        """The verdict once the search has run out of work: proven unless boxes were given up."""
+        if self.gave_up:
+            detail += f", {self.gave_up} boxes undecided at depth {MAX_DEPTH}"
+        if self.gave_up_band:
+            detail += f", {self.gave_up_band} boxes inside the float32 band"
+        if self.gave_up or self.gave_up_band:
+            return self.verdict(detail)
+        return Verdict("proven", None, self.timer.elapsed(), detail)
 
     # -- entry ------------------------------------------------------------------------------------
     def run(self, lb: np.ndarray, a_in: np.ndarray | None) -> Verdict:
@@ -258,8 +306,7 @@ class _Search:
         prob = self.prob
         self.n_boxes += len(boxes)
         lb, hint = box_bounds(prob, boxes, self.ref)
-        worst = lb.min(axis=1)
-        und = np.nonzero(worst <= PROOF_TOL)[0]
+        und = np.nonzero(lb.min(axis=1) <= 0)[0]
         if und.size == 0:
             return boxes.take(np.zeros(0, dtype=np.int64))
         ub = boxes.take(und)
@@ -272,6 +319,12 @@ class _Search:
         for off in cands:
             if self.check(ub.points(prob, off)):
                 return None
+        # a box float64 proves but the band does not: bisect a few times (the bound may be loose),
+        # then give it up; the true margin may lie inside the band, where splitting cannot help
+        in_band = (lb[und] + self.band).min(axis=1) > 0
+        stuck = in_band & (ub.depth >= BAND_DEPTH)
+        self.gave_up_band += int(stuck.sum())
+        ub = ub.take(~stuck)
         # bisect along the widest free scalar
         width = ub.dhi - ub.dlo
         f = np.argmax(width, axis=1)
@@ -318,9 +371,7 @@ class _Search:
             return self.verdict(detail)
         if res == "timeout":
             return self.verdict(detail + ", timeout")
-        if self.gave_up:
-            return self.verdict(detail + f", {self.gave_up} boxes undecided at depth {MAX_DEPTH}")
-        return Verdict("proven", None, self.timer.elapsed(), detail)
+        return self.settled(detail)
 
     # -- branch and bound over pixels (t >= 2) -----------------------------------------------------
     def _boxes_from_domains(self, dom: Domains) -> Boxes:
@@ -403,7 +454,7 @@ class _Search:
                 first = False
             else:
                 dlb, da, _ = spec_bounds(prob, dom, self.ref, want_input=True)
-            und = np.nonzero(dlb.min(axis=1) <= PROOF_TOL)[0]
+            und = np.nonzero(dlb.min(axis=1) <= 0)[0]
             if und.size == 0:
                 continue
             dom = dom.take(und)
@@ -450,10 +501,7 @@ class _Search:
                 stack.append(Domains.concat(excl_kids))
             if force_kids:
                 stack.append(Domains.concat(force_kids))
-        detail = f"split: {self.n_domains} domains, {self.n_boxes} boxes"
-        if self.gave_up:
-            return self.verdict(detail + f", {self.gave_up} boxes undecided at depth {MAX_DEPTH}")
-        return Verdict("proven", None, self.timer.elapsed(), detail)
+        return self.settled(f"split: {self.n_domains} domains, {self.n_boxes} boxes")
 
     # -- every pair of pixels (t = 2) ---------------------------------------------------------------
     def _run_pairs(self) -> Verdict:
@@ -481,7 +529,4 @@ class _Search:
                 return self.verdict(f"pairs: {self.n_boxes} boxes")
             if res == "timeout":
                 return self.verdict(f"pairs: {done}/{total} enumerated, {self.n_boxes} boxes, timeout")
-        detail = f"pairs: {total} pairs, {self.n_boxes} boxes"
-        if self.gave_up:
-            return self.verdict(detail + f", {self.gave_up} boxes undecided at depth {MAX_DEPTH}")
-        return Verdict("proven", None, self.timer.elapsed(), detail)
+        return self.settled(f"pairs: {total} pairs, {self.n_boxes} boxes")

@@ -128,7 +128,7 @@ class RandomSearch:
 
     def improve(self, ctx: Any, state: Any, deadline: float | None, rng: np.random.Generator) -> Witness | None:
         """A verified witness smaller than ``state``'s upper bound, or None (the driver's hook)."""
-        if state.exact or state.upper == 0:
+        if state.settled or state.upper == 0:
             return None
         ranking = ctx.sensitivities.get(1)
         if ranking is not None and len(ranking.subsets):

@@ -14,7 +14,7 @@ from l0tre_cli import Common, common_options
 from l0tre_cli import console
 from l0tre_core.api import evaluate
 from l0tre_core.driver import Budget
-from l0tre_core.errors import Interrupted, UsageError
+from l0tre_core.errors import CertificateContradiction, Interrupted, UsageError
 from l0tre_core.results import RunResult
 from l0tre_core.threat import ThreatModel
 from l0tre_cli.progress import InputProgress
@@ -57,6 +57,13 @@ def robustness(
     except KeyboardInterrupt:
         where = f"; partial results and checkpoint in {out} (continue with --resume)" if out else ""
         raise Interrupted(f"interrupted{where}") from None
+    except CertificateContradiction as exc:
+        report(exc.result, common, out)  # the verified witnesses are results too
+        raise
+    report(result, common, out)
+
+
+def report(result: RunResult, common: Common, out: Path | None) -> None:
     if common.format == "json":
         console.print_json(result.to_json())
     else:
@@ -86,7 +93,8 @@ def print_table(result: RunResult) -> None:
     for s in result.samples:
         table.add_row(
             str(s.index), "-" if s.label is None else str(s.label), str(s.reference), str(s.lower),
-            "?" if s.upper is None else str(s.upper), s.guarantee, "yes" if s.exact else "",
+            "?" if s.upper is None else str(s.upper), s.guarantee,
+            "yes" if s.exact else ("over V" if s.exact_over_v else ("float32 band" if s.float32_band else "")),
             f"{s.evaluations:,}", f"{s.seconds:.2f}",
         )
     console.out.print(table)
@@ -95,5 +103,6 @@ def print_table(result: RunResult) -> None:
         f"global robustness (mean d* over {len(result.samples)} inputs): "
         f"lower {result.global_lower:.3f}, upper {'?' if up is None else f'{up:.3f}'}; "
         f"lower-bound guarantees: {', '.join(sorted({s.guarantee for s in result.samples}))}; "
-        f"{sum(s.exact for s in result.samples)} exact; {result.seconds:.1f}s"
+        f"{sum(s.exact for s in result.samples)} exact, {sum(s.exact_over_v for s in result.samples)} exact over V; "
+        f"{sum(s.float32_band is not None for s in result.samples)} left in the float32 band; {result.seconds:.1f}s"
     )
