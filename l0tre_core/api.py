@@ -13,7 +13,7 @@ import l0tre_core
 from l0tre_core.bounds import SampleState
 from l0tre_core.checkpoint import Checkpoint, file_digest
 from l0tre_core.data import Dataset
-from l0tre_core.driver import LOWER_MODES, Budget, Driver
+from l0tre_core.driver import Budget, Driver, LowerBounds
 from l0tre_core.errors import CardError, CertificateContradiction, DataError, EnvironmentProblem, UsageError
 from l0tre_core.events import BoundUpdate
 from l0tre_core.model import Classifier
@@ -46,42 +46,55 @@ def pick_kernels(host: Any, device: str) -> Any:
     return kernels["numpy"]
 
 
-def resolve_lower(mode: str, classifier: Classifier, host: Any, data: Dataset | None = None,
-                  threat: ThreatModel | None = None, seed: int = 0) -> tuple[str, Any, str | None]:
-    """The lower-bound mode to run, the sound certifier (if any) and why sound is unavailable:
-    the method may not support the model, or its own view of the network may disagree with
-    onnxruntime on the data (checked once here)."""
-    if mode not in LOWER_MODES:
-        raise UsageError(f"--lower must be one of {', '.join(LOWER_MODES)}, got {mode!r}")
-    if mode == "discrete":
-        return "discrete", None, None
-    method = host.registry("bound_methods").get("sound")
-    reason = "no sound lower-bound method is installed" if method is None else method.unsupported(classifier)
-    certifier = None
-    if reason is None:
-        certifier = method.prepare(classifier)
-        threat = threat or ThreatModel(lo=classifier.card.lo, hi=classifier.card.hi)
-        x = np.zeros((0,)) if data is None else data.x
-        reason = certifier.refusal(x, threat, seed)
-    if reason is None:
-        return mode, certifier, None
-    if mode == "auto":
-        return "discrete", None, reason
-    raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")
+def resolve_lower(mode: str, classifier: Classifier, host: Any, x: np.ndarray, threat: ThreatModel,
+                  seed: int = 0) -> tuple[LowerBounds, str, list[str]]:
+    """The lower-bound methods to run, prepared for this run; the mode actually run (``auto``
+    falls back to ``discrete`` when the sound certifier cannot run or refuses the model); notes.
+
+    ``mode`` is ``auto`` (sound where it can, the enumeration over V where it does not prove a
+    level), ``both`` (each, always), or the name of one installed lower-bound method."""
+    methods = {name: m for name, m in host.registry("bound_methods").items() if m.kind == "lower"}
+    if mode in ("auto", "both"):
+        names = [name for name in ("sound", "discrete") if name in methods]
+    elif mode in methods:
+        names = [mode]
+    else:
+        raise UsageError(f"--lower must be auto, both or an installed lower-bound method "
+                         f"({', '.join(sorted(methods))}), got {mode!r}")
+    chosen: list[tuple[Any, Any]] = []
+    for name in names:
+        method = methods[name]
+        reason = method.unsupported(classifier)
+        certifier = None
+        if reason is None:
+            certifier = method.prepare(classifier, x, threat, seed)
+            reason = certifier.refusal()
+        if reason is None:
+            chosen.append((method, certifier))
+        elif mode == "auto" and name == "sound":
+            return resolve_lower("discrete", classifier, host, x, threat, seed)[0], "discrete", [
+                f"sound lower bounds unavailable ({reason}); using discrete"]
+        else:
+            raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")
+    if mode == "auto" and "sound" not in names:
+        return LowerBounds(chosen), "discrete", ["sound lower bounds unavailable (no sound lower-bound method is installed); using discrete"]
+    return LowerBounds(chosen, first_proof=mode != "both"), mode, []
 
 
 def resolve_upper(names: Iterable[str] | None, host: Any) -> list[Any]:
-    """The extra upper-bound searches to run after the built-in sensitivity search: the named
-    ones, or every installed one when ``names`` is None."""
-    methods = {name: m for name, m in host.registry("bound_methods").items() if m.kind == "upper" and name != "sensitivity"}
+    """The upper-bound methods to run after each level, in order: L0-TRE's ``sensitivity`` union
+    always first, then the named ones (every installed one when ``names`` is None; ``none`` for
+    no others)."""
+    methods = {name: m for name, m in host.registry("bound_methods").items() if m.kind == "upper"}
+    first = [methods["sensitivity"]] if "sensitivity" in methods else []
     if names is None:
-        return [methods[name] for name in sorted(methods)]
-    chosen = []
+        return first + [methods[name] for name in sorted(methods) if name != "sensitivity"]
+    chosen = list(first)
     for name in names:
         if name in ("sensitivity", "none"):
             continue
         if name not in methods:
-            raise UsageError(f"unknown upper-bound method {name!r} (installed: {', '.join(['sensitivity', *sorted(methods)])})")
+            raise UsageError(f"unknown upper-bound method {name!r} (installed: {', '.join(sorted(methods))})")
         chosen.append(methods[name])
     return chosen
 
@@ -163,10 +176,9 @@ def evaluate(
         raise UsageError("the threat model's range must be the model card's valid range")
     seed = check_seed(seed)
     check_model_space(classifier)
-    np.random.seed(seed)
     kernels = pick_kernels(host, device)
-    lower_mode, certifier, why_not_sound = resolve_lower(lower, classifier, host, data, threat, seed)
-    notes = [] if why_not_sound is None else [f"sound lower bounds unavailable ({why_not_sound}); using discrete"]
+    lower_bounds, lower_mode, notes = resolve_lower(lower, classifier, host, data.x, threat, seed)
+    uppers = resolve_upper(upper, host)
     identity = {
         "model_sha256": file_digest(classifier.path),
         "card": classifier.card.to_dict(),
@@ -175,7 +187,7 @@ def evaluate(
         "threat": threat.to_dict(),
         "max_t": budget.max_t,
         "lower": lower_mode,
-        "upper": sorted(m.name for m in resolve_upper(upper, host)),
+        "upper": sorted(m.name for m in uppers if m.name != "sensitivity"),
         "seed": seed,
         "version": l0tre_core.__version__,
     }
@@ -198,23 +210,24 @@ def evaluate(
         checkpoint.start(resume)
 
     def record(update: BoundUpdate, state: SampleState) -> None:
-        history.append((time.monotonic() - started, update.global_lower, update.global_upper))
-        if checkpoint is not None:
-            checkpoint.record(state)
+        if update.recorded:  # a finished step; phase announcements only inform the views
+            history.append((time.monotonic() - started, update.global_lower, update.global_upper))
+            if checkpoint is not None:
+                checkpoint.record(state)
         host.hook.l0tre_bounds_updated(update=update)
 
     driver = Driver(
-        classifier, threat, budget, kernels, lower=lower_mode, certifier=certifier,
-        listeners=[record, *listeners], upper_methods=resolve_upper(upper, host), seed=seed,
+        classifier, threat, budget, kernels, lower=lower_bounds,
+        listeners=[record, *listeners], upper_methods=uppers, seed=seed,
     )
     interrupted = False
     try:
         samples = driver.run(data.x, data.y, data.index, states)
     except KeyboardInterrupt:
-        if not hasattr(driver, "_all"):
+        if driver.states is None:
             raise  # stopped before the first step: the checkpoint (if any) holds all there is
         interrupted = True
-        samples = driver._all
+        samples = driver.states
     finally:
         if checkpoint is not None:
             checkpoint.close()
@@ -232,7 +245,7 @@ def evaluate(
         threat=threat.to_dict(),
         budget={"max_t": budget.max_t, "time_limit": budget.time_limit, "input_time_limit": budget.input_time_limit,
                 "certify_time": budget.certify_time,
-                "lower": lower_mode, "upper": ["sensitivity", *(m.name for m in driver.upper_methods)],
+                "lower": lower_mode, "upper": [m.name for m in uppers],
                 "kernels": kernels.name},
         data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
         samples=samples,

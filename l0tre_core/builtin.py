@@ -1,13 +1,22 @@
-"""The engine's own plugin: the NumPy reference kernels and the two lower-bound methods.
+"""The engine's own plugin: the NumPy reference kernels and the three bound methods of L0-TRE.
 
-It is registered by every plugin host (it cannot be blocked): the engine needs a reference.
+It is registered by every plugin host (it cannot be blocked): the engine needs a reference. The
+methods are registered and selected by name exactly as a third party's would be:
+
+- ``discrete`` (lower): L0-TRE's exhaustive enumeration of every t-subset and every assignment of V;
+- ``sound`` (lower): bound propagation over the ONNX graph (``l0tre_core/sound.py``);
+- ``sensitivity`` (upper): L0-TRE's cumulative union of the most sensitive subsets, tightened.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from l0tre_core import __version__, hookimpl
+from l0tre_core.bounds import Witness
+from l0tre_core.contracts import Certificate
 from l0tre_core.tensors import NumpyKernels
 
 __all__ = ["__version__"]
@@ -19,28 +28,64 @@ class DiscreteEnumeration:
     guarantee = "discrete"
     description = "L0-TRE's exhaustive enumeration of every t-subset and every assignment of V"
 
+    def unsupported(self, classifier: Any) -> str | None:
+        return None
+
+    def prepare(self, classifier: Any, x: np.ndarray, threat: Any, seed: int) -> "Enumeration":
+        return Enumeration()
+
+
+class Enumeration:
+    """The level-t sweep over V decides the level (its ranking stays in the context)."""
+
+    def refusal(self) -> str | None:
+        return None
+
+    def certify(self, ctx: Any, t: int, deadline: float | None) -> Certificate:
+        sens = ctx.sweep(t, deadline)
+        if sens.flip is not None:
+            return Certificate("refuted", Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units)))
+        return Certificate("proven" if sens.complete else "timeout")
+
 
 class BoundPropagation:
     name = "sound"
     kind = "lower"
     guarantee = "sound"
-    description = "linear bound propagation over the ONNX graph with top-t concretisation, split where cheap"
+    description = "linear bound propagation over the ONNX graph with top-t concretisation, float32-aware, split where cheap"
 
     def unsupported(self, classifier: Any) -> str | None:
         if classifier.onnx_model is None:
             return "the backend gives no ONNX graph"
         return None
 
-    def prepare(self, classifier: Any) -> Any:
+    def prepare(self, classifier: Any, x: np.ndarray, threat: Any, seed: int) -> Any:
         from l0tre_core.sound import SoundCertifier
 
-        return SoundCertifier(classifier)
+        return SoundCertifier(classifier, x, threat, seed)
 
 
 class SensitivityUnion:
     name = "sensitivity"
     kind = "upper"
     description = "L0-TRE's cumulative union of the most sensitive subsets, then tightening"
+
+    def improve(self, ctx: Any, state: Any, t: int, deadline: float | None, rng: np.random.Generator) -> Witness | None:
+        sens = ctx.sensitivities.get(t)
+        if sens is None:
+            # the level's ranking: always at t = 1 (other searches draw on it), and at higher
+            # levels while there is no witness at all
+            if t != 1 and state.upper is not None:
+                return None
+            sens = ctx.sweep(t, deadline)
+            if sens.flip is not None:
+                flip = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
+                if ctx.verify(flip):
+                    return ctx.tighten(flip) if flip.size > 1 else flip
+        if state.settled or not len(sens.subsets):
+            return None
+        w = ctx.cumulative_union(sens)
+        return None if w is None else ctx.tighten(w)
 
 
 @hookimpl

@@ -10,7 +10,7 @@ import numpy as np
 
 from l0tre_core.errors import CardError, DataError, UsageError
 from l0tre_core.geometry import Geometry, geometry_for
-from l0tre_core.registry import RawData
+from l0tre_core.contracts import RawData
 
 
 @dataclass

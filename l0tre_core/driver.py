@@ -1,9 +1,10 @@
 """The anytime driver: tightens every input's bounds, level by level, within the budgets.
 
-For t = 1, 2, ...: a sound certificate (bound propagation) where asked for, the level-t sweep over
-V (discrete lower bound and the sensitivity ranking), then the upper bound by cumulative union and
-tightening. Every witness is verified before it is kept; bounds only ever improve; after every
-step the input's state is handed to the listeners (progress, checkpoint, plugins).
+For t = 1, 2, ...: the lower-bound methods decide the level (``auto``: the sound certifier, then
+the enumeration over V where it does not prove the level; ``both``: each of them; or one method by
+name), then the upper-bound methods shrink the witness (the sensitivity union first). Every
+witness is verified before it is kept; bounds only ever improve; after every step the input's
+state is handed to the listeners (progress, checkpoint, plugins).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from l0tre_core.events import BoundUpdate
 from l0tre_core.search import SearchContext
 from l0tre_core.threat import ThreatModel
 
-LOWER_MODES = ("auto", "sound", "discrete", "both")
 T1_CERTIFY_SECONDS = 60.0
 
 
@@ -56,20 +56,27 @@ def global_bounds(states: Iterable[SampleState]) -> tuple[float, float | None]:
 
 
 @dataclass
+class LowerBounds:
+    """The lower-bound methods of a run, each with its per-run ``Certifier``, in order.
+
+    ``first_proof``: stop at the first method that proves a level (``auto``: the sound certifier,
+    then the enumeration only where it does not prove); otherwise every method runs (``both``)."""
+
+    methods: list[tuple[Any, Any]] = field(default_factory=list)
+    first_proof: bool = True
+
+
+@dataclass
 class Driver:
     classifier: Any
     threat: ThreatModel
     budget: Budget
     kernels: Any
-    # discrete: enumeration over V only; sound: certificates only (the t = 1 sweep still ranks
-    # pixels for the upper bound); auto: certificates, and the enumeration at the levels they
-    # leave unproven; both: always both
-    lower: str = "discrete"
-    certifier: Any = None  # sound certifier, needed for sound and both
-    upper_methods: list[Any] = field(default_factory=list)  # extra upper-bound searches, run after each level
+    lower: LowerBounds = field(default_factory=LowerBounds)
+    upper_methods: list[Any] = field(default_factory=list)  # upper-bound methods, run in order after each level
     seed: int = 0
     listeners: list[Callable[[BoundUpdate, SampleState], None]] = field(default_factory=list)
-    stop_requested: bool = False
+    states: list[SampleState] | None = None  # every input's state once the run has started
 
     def run(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState] | None = None) -> list[SampleState]:
         """Search every input; ``states`` holds finished or partial states from a checkpoint."""
@@ -77,11 +84,11 @@ class Driver:
         run_deadline = None if self.budget.time_limit is None else time.monotonic() + self.budget.time_limit
         refs = self._references(x, labels, index, states)
         ordered = [states[int(i)] if int(i) in states else refs[pos] for pos, i in enumerate(index)]
-        self._all = ordered
+        self.states = ordered
         for pos, state in enumerate(ordered):
             if state.finished:
                 continue
-            if self.stop_requested or (run_deadline is not None and time.monotonic() > run_deadline):
+            if run_deadline is not None and time.monotonic() > run_deadline:
                 break
             self._search(pos, x[pos], state, run_deadline)
         return ordered
@@ -110,12 +117,14 @@ class Driver:
             out.append(state)
         return out
 
-    def _emit(self, pos: int, state: SampleState) -> None:
-        lo, up = global_bounds(self._all)
+    def _emit(self, pos: int, state: SampleState, phase: str = "level", working: int = 0) -> None:
+        assert self.states is not None
+        lo, up = global_bounds(self.states)
         update = BoundUpdate(
             index=state.index, position=pos, lower=state.lower, upper=state.upper, guarantee=state.guarantee,
             level=state.level, evaluations=state.evaluations, seconds=state.seconds, finished=state.finished,
-            global_lower=lo, global_upper=up, done=sum(s.finished for s in self._all), total=len(self._all),
+            global_lower=lo, global_upper=up, done=sum(s.finished for s in self.states), total=len(self.states),
+            phase=phase, working=working or state.level,
         )
         for listener in self.listeners:
             listener(update, state)
@@ -144,9 +153,14 @@ class Driver:
         interrupted = False
         try:
             for t in range(state.level + 1, self.budget.max_t + 1):
-                if state.settled or self.stop_requested or (deadline is not None and time.monotonic() > deadline):
+                if state.settled or (deadline is not None and time.monotonic() > deadline):
                     break
-                if not self._level(ctx, t, state, deadline):
+
+                def phase(name: str, t: int = t) -> None:
+                    account()
+                    self._emit(pos, state, name, t)
+
+                if not self._level(ctx, t, state, deadline, phase):
                     account()
                     break
                 state.level = t
@@ -164,58 +178,55 @@ class Driver:
             state.finished = True
             self._emit(pos, state)
 
-    def _level(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None) -> bool:
-        """One step at subset size t; False when the budget ran out before the step finished."""
-        sound_proven = False
-        if self.lower in ("auto", "sound", "both") and self.certifier is not None and state.lower_sound <= t:
-            # t = 1 splits into one box per pixel and is complete within about a minute on MNIST
-            # models; beyond that splitting pays off less, so it gets the configured share
-            limit = max(T1_CERTIFY_SECONDS, self.budget.certify_time) if t == 1 else self.budget.certify_time
-            if deadline is not None:
-                limit = min(limit, max(0.0, deadline - time.monotonic()))
-            status, witness = self.certifier.certify(ctx, t, limit)
-            if status == "proven":
-                state.raise_lower(t + 1, "sound")
-                sound_proven = True
-            elif status == "band":
+    def _level(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None,
+               phase: Callable[[str], None]) -> bool:
+        """One step at subset size t; False when the budget ran out before the step finished.
+        ``phase`` announces each phase as it starts."""
+        finished = True
+        proven = False
+        for method, certifier in self.lower.methods:
+            if state.settled or (proven and self.lower.first_proof):
+                break
+            if method.guarantee == "sound" and state.lower_sound > t:
+                continue  # proven at this level before (a resumed input)
+            phase("certify" if method.guarantee == "sound" else "sweep")
+            cert = certifier.certify(ctx, t, self._certify_deadline(method, t, deadline))
+            if cert.status == "proven":
+                state.raise_lower(t + 1, method.guarantee)
+                proven = True
+            elif cert.status == "refuted" and cert.witness is not None and ctx.verify(cert.witness):
+                state.offer(ctx.tighten(cert.witness) if cert.witness.size > 1 else cert.witness)
+            elif cert.status == "band":
                 state.float32_band = t
-            elif status == "refuted" and witness is not None and ctx.verify(witness):
-                state.offer(witness)
-        need_sweep = self.lower in ("discrete", "both") or t == 1 or state.upper is None
-        if self.lower == "auto" and not sound_proven:
-            need_sweep = True
-        if sound_proven and state.upper is not None and self.lower != "both":
-            need_sweep = False
-        if state.settled:
-            return True
-        if need_sweep:
-            sens = ctx.sweep(t, deadline)
-            if sens.flip is not None:
-                flip = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
-                if ctx.verify(flip):
-                    state.offer(ctx.tighten(flip) if flip.size > 1 else flip)
-            elif sens.complete:
-                state.raise_lower(t + 1, "discrete")
-            if not state.settled and len(sens.subsets):
-                w = ctx.cumulative_union(sens)
-                if w is not None:
-                    w = ctx.tighten(w)
-                    if ctx.verify(w):
-                        state.offer(w)
-            if not sens.complete and sens.flip is None:
-                return False
-        self._improve_upper(ctx, t, state, deadline)
-        return True
-
-    def _improve_upper(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None) -> None:
-        """Give the registered upper-bound searches their turn; keep what verifies and is smaller."""
+            elif cert.status == "timeout":
+                finished = False
         for method in self.upper_methods:
+            self._offer_sweep(ctx, t, state)
             if state.settled:
-                return
+                break
+            phase("search")
             # seeded by (run seed, input, level), never by order of arrival: resumed runs agree
             rng = np.random.default_rng([self.seed, state.index, t])
-            witness = method.improve(ctx, state, deadline, rng)
+            witness = method.improve(ctx, state, t, deadline, rng)
             if witness is not None:
                 witness = Witness.between(ctx.x_units, witness.apply(ctx.x_units))
                 if ctx.verify(witness):
                     state.offer(witness)
+        self._offer_sweep(ctx, t, state)
+        return finished
+
+    @staticmethod
+    def _offer_sweep(ctx: SearchContext, t: int, state: SampleState) -> None:
+        # a complete sweep of the level, whichever method ran it, proves the level over V
+        sens = ctx.sensitivities.get(t)
+        if sens is not None and sens.complete and sens.flip is None:
+            state.raise_lower(t + 1, "discrete")
+
+    def _certify_deadline(self, method: Any, t: int, deadline: float | None) -> float | None:
+        """Sound certificates split for ``certify_time`` per level (t = 1, complete by one box per
+        pixel, at least a minute); other methods run to the input's deadline."""
+        if method.guarantee != "sound":
+            return deadline
+        limit = max(T1_CERTIFY_SECONDS, self.budget.certify_time) if t == 1 else self.budget.certify_time
+        own = time.monotonic() + limit
+        return own if deadline is None else min(own, deadline)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import typer
 
     from l0tre_core.events import BoundUpdate
-    from l0tre_core.registry import BoundMethod, DataFormat, InferenceBackend, ArrayKernels
+    from l0tre_core.contracts import ArrayKernels, DataFormat, InferenceBackend, LowerBoundMethod, UpperBoundMethod
 
 hookspec = pluggy.HookspecMarker("l0tre")
 
@@ -56,11 +56,13 @@ def l0tre_register_array_kernels(register: "Callable[[ArrayKernels], None]") -> 
 
 
 @hookspec
-def l0tre_register_bound_methods(register: "Callable[[BoundMethod], None]") -> None:
-    """Register lower-bound certifiers and upper-bound searches (``BoundMethod`` objects).
+def l0tre_register_bound_methods(register: "Callable[[LowerBoundMethod | UpperBoundMethod], None]") -> None:
+    """Register lower-bound certifiers and upper-bound searches.
 
-    A method's ``kind`` is ``"lower"`` or ``"upper"``; a lower-bound method states the guarantee
-    (``sound`` or ``discrete``) its certificates carry.
+    A method's ``kind`` is ``"lower"`` (a ``LowerBoundMethod``: ``--lower NAME`` selects it; it
+    states the guarantee, ``sound`` or ``discrete``, its proofs carry) or ``"upper"`` (an
+    ``UpperBoundMethod``: ``--upper NAME``). The contracts are in ``l0tre_core.contracts`` and are
+    checked when the method is registered. ``auto``, ``both`` and ``none`` are reserved words.
     """
 
 
@@ -69,9 +71,11 @@ def l0tre_register_bound_methods(register: "Callable[[BoundMethod], None]") -> N
 
 @hookspec
 def l0tre_bounds_updated(update: "BoundUpdate") -> None:
-    """Called whenever the bounds of one input improve, and once more when it is finished.
+    """Called when a phase of an input's search starts and when a level's step ends.
 
-    ``update`` carries the input's index, its current lower and upper bound, the guarantee of the
-    lower bound, the evaluations spent and the elapsed seconds. Keep it fast: it runs on the
-    search's thread.
+    ``update`` (``l0tre_core.events.BoundUpdate``) carries the input's index, its current lower
+    and upper bound and their guarantee, the level finished and the one being worked on, the
+    phase (``sweep``, ``certify``, ``search``, or ``level`` at the end of a step), the evaluations
+    spent, the elapsed seconds and the rate, and the run's global bounds. Keep it fast: it runs
+    on the search's thread.
     """

@@ -12,7 +12,7 @@ import numpy as np
 from l0tre_core.card import ModelCard, metadata_fields, read_sidecar, resolve_card
 from l0tre_core.errors import CardError, ModelError, UsageError
 from l0tre_core.geometry import Geometry, ambiguous_layouts, geometry_for, infer_layout
-from l0tre_core.registry import BackendOptions, Runtime
+from l0tre_core.contracts import BackendOptions, Runtime
 
 DEFAULT_BATCH = 256
 

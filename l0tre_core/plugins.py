@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from l0tre_core import hookspecs
+from l0tre_core import contracts, hookspecs
 from l0tre_core.errors import PluginError
 
 GROUP = "l0tre"
@@ -61,6 +61,7 @@ class PluginHost:
                 name = getattr(obj, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginError(f"plugin {_plugin!r} registered a {kind[:-1]} without a name")
+                contracts.check(kind, obj, _plugin)
                 if name in found:
                     raise PluginError(
                         f"{kind[:-1].replace('_', ' ')} {name!r} is registered by both "

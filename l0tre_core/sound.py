@@ -14,23 +14,29 @@ first tensor where the two part.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
 from l0tre_core.bounds import Witness
+from l0tre_core.contracts import Certificate
 
 CHECK_POINTS = 300  # perturbed points around the first input
 CHECK_CHUNK = 64
 
 
 class SoundCertifier:
-    def __init__(self, classifier: Any) -> None:
+    """The ``sound`` method prepared for one run (a ``Certifier``): the network built once, checked
+    against onnxruntime on the run's inputs ``x [N, P, C]`` the first time it is asked."""
+
+    def __init__(self, classifier: Any, x: np.ndarray, threat: Any, seed: int = 0) -> None:
         from l0tre_core.certify import Network, UnsupportedOperator
 
         self.classifier = classifier
         self.net: Any = None
         self.refused: str | None = None
+        self._pending = (x, threat, seed)
         if classifier.onnx_model is None:
             self.refused = "the backend gives no ONNX graph"
             return
@@ -41,11 +47,13 @@ class SoundCertifier:
             self.refused = str(exc)
 
     # -- the differential check ------------------------------------------------------------------
-    def refusal(self, x: np.ndarray, threat: Any, seed: int = 0) -> str | None:
-        """Why this model cannot be certified (None: it can), checked once per run on the data's
-        canonical inputs ``x [N, P, C]``."""
-        if self.refused is None and len(x):
-            self.refused = self._differential(x, threat, seed)
+    def refusal(self) -> str | None:
+        """Why this model cannot be certified (None: it can), checked once per run."""
+        if self._pending is not None:
+            x, threat, seed = self._pending
+            self._pending = None
+            if self.refused is None and len(x):
+                self.refused = self._differential(x, threat, seed)
         return self.refused
 
     def _differential(self, x: np.ndarray, threat: Any, seed: int) -> str | None:
@@ -143,14 +151,16 @@ class SoundCertifier:
         unit[pos] = np.repeat(np.arange(enc.n_units), enc.channels)
         return InputSet(x0=ctx.base.astype(np.float64), lo=lo, hi=hi, pixel=unit, n_pixels=enc.n_units)
 
-    def certify(self, ctx: Any, t: int, time_limit: float) -> tuple[str, Witness | None]:
+    def certify(self, ctx: Any, t: int, deadline: float | None) -> Certificate:
         """``proven``, ``refuted`` (with a witness to verify), ``unknown`` or ``band`` (unknown
         because a margin stays inside the float32 error band)."""
         from l0tre_core.certify import certify
 
-        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=time_limit)
+        limit = None if deadline is None else max(0.0, deadline - time.monotonic())
+        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=limit)
         if verdict.status != "refuted" or verdict.witness is None:
-            return ("band" if verdict.status == "unknown" and verdict.band else verdict.status), None
+            status = "band" if verdict.status == "unknown" and verdict.band else verdict.status
+            return Certificate(status, None, verdict.detail)
         enc = ctx.encoder
         model_values = np.asarray(verdict.witness, np.float64)[enc.positions]  # [U, Cu]
         data_values = (model_values - enc.shift) / enc.scale
@@ -158,7 +168,7 @@ class SoundCertifier:
         # values the certifier left unchanged must stay bit-identical to the clean input
         same = np.isclose(model_values, ctx.base.astype(np.float64)[enc.positions], rtol=0, atol=1e-7)
         adv[same] = ctx.x_units[same]
-        return "refuted", Witness.between(ctx.x_units, adv)
+        return Certificate("refuted", Witness.between(ctx.x_units, adv), verdict.detail)
 
 
 def _producer(model: Any, tensor: str) -> tuple[str, str]:

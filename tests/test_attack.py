@@ -182,16 +182,16 @@ def test_improve_respects_the_state_and_the_budgets() -> None:
         state = SampleState(index=0, label=None, reference=ctx.ref, upper=w.size, witness=w)
         state.raise_lower(lower, "discrete")
         rs = RandomSearch(queries=300)
-        got = rs.improve(ctx, state, None, np.random.default_rng(0))
+        got = rs.improve(ctx, state, 1, None, np.random.default_rng(0))
         assert got is None or got.size < w.size
         # exact: nothing to do, not even a model call
         exact = SampleState(index=0, label=None, reference=ctx.ref, upper=w.size, witness=w)
         exact.raise_lower(w.size, "discrete")
         before = clf.evaluations
-        assert rs.improve(ctx, exact, None, np.random.default_rng(0)) is None
+        assert rs.improve(ctx, exact, 1, None, np.random.default_rng(0)) is None
         # no budget, or a deadline already past: no model call either
-        assert RandomSearch(queries=0).improve(ctx, state, None, np.random.default_rng(0)) is None
-        assert rs.improve(ctx, state, 0.0, np.random.default_rng(0)) is None
+        assert RandomSearch(queries=0).improve(ctx, state, 1, None, np.random.default_rng(0)) is None
+        assert rs.improve(ctx, state, 1, 0.0, np.random.default_rng(0)) is None
         assert clf.evaluations == before
         return
     pytest.fail("no input with a witness of 3 pixels or more")

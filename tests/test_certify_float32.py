@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers import invoke, make_model_with, write_npz
-from l0tre_core.bounds import Witness
+from l0tre_core.contracts import Certificate
 from l0tre_core.certify import InputSet, Network, certify, float32
 from l0tre_core.model import load_model
 from l0tre_core.sound import SoundCertifier
@@ -70,11 +70,11 @@ def test_forward_disagreeing_with_onnxruntime_is_refused_naming_the_tensor(tmp_p
     clf = load_model(_mlp(tmp_path / "m.onnx"))
     x = np.random.default_rng(1).uniform(0, 1, (3, 16, 1)).astype(np.float32)
     threat = ThreatModel()
-    assert SoundCertifier(clf).refusal(x, threat) is None
-    wrong = SoundCertifier(clf)
+    assert SoundCertifier(clf, x, threat).refusal() is None
+    wrong = SoundCertifier(clf, x, threat)
     first = next(nd for nd in wrong.net.nodes if nd.kind == "linear")
     first.bias = first.bias + 1e-3  # the certifier's network is no longer the one that runs
-    reason = wrong.refusal(x, threat)
+    reason = wrong.refusal()
     assert reason is not None and "'h'" in reason and "Gemm" in reason, reason
 
 
@@ -115,20 +115,17 @@ def test_margin_inside_the_float32_band_is_unknown_not_proven() -> None:
 class _Liar:
     """A certifier that proves everything: the engine must catch it against its own witnesses."""
 
-    def __init__(self, classifier: object) -> None:
-        pass
-
-    def refusal(self, x: object, threat: object, seed: int = 0) -> None:
+    def refusal(self) -> None:
         return None
 
-    def certify(self, ctx: object, t: int, time_limit: float) -> tuple[str, Witness | None]:
-        return "proven", None
+    def certify(self, ctx: object, t: int, deadline: float | None) -> Certificate:
+        return Certificate("proven")
 
 
 def test_a_sound_bound_above_a_verified_witness_exits_5_and_keeps_the_witness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from l0tre_core import builtin
 
-    monkeypatch.setattr(builtin.BoundPropagation, "prepare", lambda self, classifier: _Liar(classifier))
+    monkeypatch.setattr(builtin.BoundPropagation, "prepare", lambda self, classifier, x, threat, seed: _Liar())
     model = _mlp(tmp_path / "m.onnx")
     data = write_npz(tmp_path / "x.npz", np.random.default_rng(3).uniform(0, 1, (4, 1, 4, 4)).astype(np.float32))
     out = tmp_path / "run"

@@ -17,7 +17,7 @@ from l0tre_core.data import find_format, fit_to_model
 from l0tre_core.errors import DataError
 from l0tre_core.geometry import geometry_for
 from l0tre_core.plugins import create_host
-from l0tre_core.registry import DataFormat
+from l0tre_core.contracts import DataFormat
 from l0tre_formats import CsvFormat, FolderFormat, IdxFormat, NpzFormat
 
 MNIST = Path("/work/shared/data/mnist")

@@ -21,7 +21,7 @@ from l0tre_core.data import fit_to_model, load_data
 from l0tre_core.errors import UsageError
 from l0tre_core.geometry import ambiguous_layouts, geometry_for, infer_layout
 from l0tre_core.model import load_model
-from l0tre_core.registry import RawData
+from l0tre_core.contracts import RawData
 
 
 def rng_images(shape: tuple[int, ...], n: int = 2, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from l0tre_core import hookimpl
-from l0tre_core.registry import BackendOptions, InferenceBackend, Runtime
+from l0tre_core.contracts import BackendOptions, InferenceBackend, Runtime
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from l0tre_core.errors import EnvironmentProblem, ModelError, UsageError
-from l0tre_core.registry import BackendOptions
+from l0tre_core.contracts import BackendOptions
 from l0tre_onnxruntime.graph import declared_shape, graph_inputs, make_batch_symbolic, read_model
 
 CHECK_BATCH = 3

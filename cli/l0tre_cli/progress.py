@@ -68,7 +68,8 @@ class InputProgress:
         self.update(
             update.done,
             f"global {_bound(update.global_lower)}..{_bound(update.global_upper)}  "
-            f"#{update.index}: {update.lower}..{upper} [{update.guarantee}] t={update.level}",
+            f"#{update.index}: {update.lower}..{upper} [{update.guarantee}] "
+            + (f"t={update.level}" if update.phase == "level" else f"t={update.working} {update.phase}"),
         )
 
     def _rate(self) -> str:

@@ -102,7 +102,7 @@ class SearchOutcome:
 
 
 class RandomSearch:
-    """The ``random-search`` upper-bound method (a ``BoundMethod`` of kind ``upper``).
+    """The ``random-search`` upper-bound method (an ``UpperBoundMethod``).
 
     ``queries`` is the evaluation budget of one call (per input and driver level), ``batch`` the
     candidates per model call, ``k_cap`` the largest k tried without a starting example,
@@ -126,7 +126,7 @@ class RandomSearch:
         self.patience = int(patience)
         self.alpha_init = float(alpha_init)
 
-    def improve(self, ctx: Any, state: Any, deadline: float | None, rng: np.random.Generator) -> Witness | None:
+    def improve(self, ctx: Any, state: Any, t: int, deadline: float | None, rng: np.random.Generator) -> Witness | None:
         """A verified witness smaller than ``state``'s upper bound, or None (the driver's hook)."""
         if state.settled or state.upper == 0:
             return None

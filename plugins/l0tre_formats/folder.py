@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l0tre_core.registry import RawData
+from l0tre_core.contracts import RawData
 from l0tre_formats._common import data_error, reason
 
 # 8-bit modes only: Pillow's convert() clips 16-bit and float images to 0..255 instead of
