@@ -126,11 +126,9 @@ class Problem:
             k = min(t, inc.shape[1])
             part = np.partition(inc, inc.shape[1] - k, axis=1)[:, inc.shape[1] - k:] if k < inc.shape[1] else inc
             return base + part.sum(axis=1)
-        # a structured convolution: t times the largest weight of the row times the largest increase
+        # a structured map: t times the largest weight of the row times the largest increases
         per_pixel = self.to_pixels(top[None, :])[0]
-        wmax = np.abs(w.w).reshape(w.w.shape[0], -1).max(axis=1)
-        rows = np.repeat(wmax, w.shape[0] // w.w.shape[0])
-        return base + rows * float(np.sort(per_pixel)[-t:].sum())
+        return base + w.row_abs_max() * float(np.sort(per_pixel)[-t:].sum())
 
     def input_term(self, j: int, i: int) -> np.ndarray:
         """``W x0`` for parent ``i`` (the input) of node ``j`` (cached)."""

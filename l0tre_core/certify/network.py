@@ -79,6 +79,10 @@ class StructuredMap:
     def abs(self) -> "StructuredMap":
         raise NotImplementedError
 
+    def row_abs_max(self) -> np.ndarray:
+        """An upper bound on ``max_i |W_ji|`` per row."""
+        raise NotImplementedError
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -93,6 +97,73 @@ class StructuredMap:
 
     def dense(self) -> np.ndarray:
         raise NotImplementedError
+
+
+class SparseMap(StructuredMap):
+    """A linear map in gather form: ``y_j = sum_k wts[j, k] x[idx[j, k]]`` (``idx`` -1: nothing).
+
+    Moves (padding, slicing, transposition) and averages over windows, applied to a node whose
+    dense matrix would be too large: rows have few entries, so no matrix is ever formed."""
+
+    def __init__(self, idx: np.ndarray, wts: np.ndarray, n_in: int) -> None:
+        self.idx = np.asarray(idx, dtype=np.int64)
+        self.wts = np.where(self.idx >= 0, np.asarray(wts, dtype=np.float64), 0.0)
+        self.shape = (int(self.idx.shape[0]), int(n_in))
+        self._safe = np.where(self.idx >= 0, self.idx, 0)
+        # the transpose in the same gather form, so that ``back`` is a gather too
+        j, k = np.nonzero(self.idx >= 0)
+        i = self.idx[j, k]
+        order = np.argsort(i, kind="stable")
+        i, j, w = i[order], j[order], self.wts[j[order], k[order]]
+        counts = np.bincount(i, minlength=n_in)
+        width = max(1, int(counts.max(initial=0)))
+        slot = np.arange(i.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        self._t_idx = np.zeros((n_in, width), dtype=np.int64)
+        self._t_wts = np.zeros((n_in, width))
+        self._t_idx[i, slot] = j
+        self._t_wts[i, slot] = w
+
+    def abs(self) -> "SparseMap":
+        return SparseMap(self.idx, np.abs(self.wts), self.shape[1])
+
+    def scaled(self, c: np.ndarray) -> "SparseMap":
+        """``diag(c) W``."""
+        return SparseMap(self.idx, self.wts * np.asarray(c, dtype=np.float64).reshape(-1, 1), self.shape[1])
+
+    def row_abs_max(self) -> np.ndarray:
+        srt = np.sort(np.where(self.idx >= 0, self.idx, -1 - np.arange(self.idx.shape[1])), axis=1)
+        if (np.diff(srt, axis=1) == 0).any():  # a column met twice in a row: its entries add up
+            return np.abs(self.wts).sum(axis=1)
+        return np.abs(self.wts).max(axis=1)
+
+    @staticmethod
+    def _gather(x: np.ndarray, idx: np.ndarray, wts: np.ndarray) -> np.ndarray:
+        out = x[..., idx[:, 0]] * wts[:, 0]
+        for k in range(1, idx.shape[1]):
+            out += x[..., idx[:, k]] * wts[:, k]
+        return out
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return self._gather(x, self._safe, self.wts)
+
+    def back(self, a: np.ndarray) -> np.ndarray:
+        return self._gather(a, self._t_idx, self._t_wts)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = np.zeros((idx.size, self.shape[1]))
+        r = np.repeat(np.arange(idx.size), self.idx.shape[1])
+        np.add.at(out, (r, self._safe[idx].reshape(-1)), self.wts[idx].reshape(-1))
+        return out
+
+    def cols(self, idx: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(idx, return_inverse=True)
+        e = np.zeros((uniq.size, self.shape[1]))
+        e[np.arange(uniq.size), uniq] = 1.0
+        return self.apply(e).T[:, inv.reshape(idx.shape)]
+
+    def dense(self) -> np.ndarray:
+        return self.rows(np.arange(self.shape[0]))
 
 
 def as_dense(w: Any) -> np.ndarray | None:

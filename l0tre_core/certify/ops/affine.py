@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from l0tre_core.certify import _ops, float32, network
-from l0tre_core.certify.network import StructuredMap, as_dense
+from l0tre_core.certify.network import SparseMap, StructuredMap, as_dense
 
 if TYPE_CHECKING:
     from l0tre_core.certify.importer import _Importer
@@ -104,6 +104,10 @@ class ConvOp(StructuredMap):
         probe = _ops.conv(np.zeros((1,) + self.in_shape), self.w, None, self.strides, self.pads, self.dilations, group)
         self.out_shape = tuple(probe.shape[1:])
         self.shape = (int(np.prod(self.out_shape)), int(np.prod(self.in_shape)))
+
+    def row_abs_max(self) -> np.ndarray:
+        wmax = np.abs(self.w).reshape(self.w.shape[0], -1).max(axis=1)
+        return np.repeat(wmax, self.shape[0] // self.w.shape[0])
 
     def abs(self) -> "ConvOp":
         return ConvOp(np.abs(self.w), self.in_shape, self.strides, self.pads, self.dilations, self.group)
@@ -201,25 +205,45 @@ class ConvOp(StructuredMap):
 # the affine algebra of ``_Sym``
 
 
+def break_chain(imp: _Importer, sym: _Sym, out_size: int) -> _Sym:
+    """``sym`` itself, or, when composing the next operator (``out_size`` outputs) with it would
+    need a dense matrix too large to hold, a new linear node holding its value and ``sym`` as
+    that node's identity: the next operator then applies to the node directly, in structured form."""
+    too_big = any(w is not None and (out_size * imp.nodes[n].size > network.MAX_DENSE
+                                     or (isinstance(w, StructuredMap) and w.shape[0] * w.shape[1] > network.MAX_DENSE))
+                  for n, w in sym.terms.items())
+    if not too_big:
+        return sym
+    j = imp.materialize(sym, force_new=True)
+    return _Sym({j: None}, np.zeros(sym.shape), sym.shape)
+
+
 def _push(imp: _Importer, sym: _Sym, lin: Callable[[np.ndarray], np.ndarray], full: Callable[[np.ndarray], np.ndarray],
-          lin_abs: Callable[[np.ndarray], np.ndarray] | None = None, fanin: int = 0) -> _Sym:
+          lin_abs: Callable[[np.ndarray], np.ndarray] | None = None, fanin: int = 0,
+          sparse: Callable[[], SparseMap] | None = None) -> _Sym:
     """Apply an affine operator (``lin``: linear part on a batch, ``full``: with its bias).
 
     ``lin_abs`` applies ``|A|`` (default ``lin``: right for operators whose matrix is
     nonnegative, such as moves, padding and averages); ``fanin`` is the number of products
-    summed per output, 0 for operators that only move values (they round nothing)."""
+    summed per output, 0 for operators that only move values (they round nothing). ``sparse``
+    gives the operator in gather form, used where its dense matrix would be too large."""
     lin_abs = lin_abs or lin
     bias_out = full(sym.bias[None])
     out_shape = tuple(bias_out.shape[1:])
     out_size = int(np.prod(out_shape, dtype=np.int64))
-    terms: dict[int, np.ndarray | None] = {}
+    if sparse is not None:
+        sym = break_chain(imp, sym, out_size)
+    terms: dict[int, Any] = {}
     for n, w in sym.terms.items():
         n_in = imp.nodes[n].size
         if out_size * n_in > network.MAX_DENSE:
+            if w is None and sparse is not None:
+                terms[n] = _checked(imp, sparse(), lin, sym.shape)
+                continue
             raise imp.unsupported(
                 f"its dense matrix ({out_size} x {n_in}) exceeds the size bound propagation handles"
             )
-        if isinstance(w, ConvOp):
+        if isinstance(w, StructuredMap):
             w = w.dense()
         res = np.empty((out_size, n_in))
         step = max(1, _CHUNK_ELEMS // max(out_size, sym.size, 1))
@@ -233,6 +257,24 @@ def _push(imp: _Importer, sym: _Sym, lin: Callable[[np.ndarray], np.ndarray], fu
             res[:, s:e] = lin(basis.reshape((e - s,) + sym.shape)).reshape(e - s, out_size).T
         terms[n] = res
     return _Sym(terms, bias_out[0], out_shape, *_push_mass(sym, lin_abs, full, fanin), **_push_flags(sym, fanin))
+
+
+def _checked(imp: _Importer, m: SparseMap, lin: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...]) -> SparseMap:
+    """The gather form of an operator, checked against the operator itself on random inputs."""
+    x = np.random.default_rng(0).standard_normal((2, m.shape[1]))
+    want = lin(x.reshape((2,) + shape)).reshape(2, -1)
+    if want.shape[1] != m.shape[0] or not np.allclose(m.apply(x), want, rtol=1e-12, atol=1e-12):
+        raise imp.unsupported("its gather form does not reproduce the operator")
+    return m
+
+
+def moves(lin: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...]) -> SparseMap:
+    """The gather form of an operator that only moves values (padding with zeros, slicing):
+    pushing the numbers 1..D through it shows where each output comes from."""
+    n_in = int(np.prod(shape, dtype=np.int64))
+    src = lin(np.arange(1, n_in + 1, dtype=np.float64).reshape((1,) + shape)).reshape(-1)
+    idx = np.rint(src).astype(np.int64) - 1
+    return SparseMap(idx[:, None], np.ones((idx.size, 1)), n_in)
 
 
 def _push_flags(sym: _Sym, fanin: int) -> dict[str, Any]:
@@ -251,11 +293,16 @@ def _push_mass(sym: _Sym, lin_abs: Callable[[np.ndarray], np.ndarray], full: Cal
     return mass, through(sym.bmass) + own_bias, sym.gsum + (float32.gamma(fanin + 1) if fanin else 0.0)
 
 
-def _rows(sym: _Sym, idx: np.ndarray, shape: tuple[int, ...]) -> _Sym:
-    """Select/permute/repeat rows: ``out_flat = in_flat[idx]``."""
-    terms = {}
+def _rows(sym: _Sym, idx: np.ndarray, shape: tuple[int, ...], imp: _Importer | None = None) -> _Sym:
+    """Select/permute/repeat rows: ``out_flat = in_flat[idx]`` (``imp``: kept in gather form where
+    a dense matrix would be too large)."""
+    if imp is not None:
+        sym = break_chain(imp, sym, idx.size)
+    terms: dict[int, Any] = {}
     for n, w in sym.terms.items():
-        if w is None:
+        if w is None and imp is not None and idx.size * sym.size > network.MAX_DENSE:
+            terms[n] = SparseMap(idx[:, None], np.ones((idx.size, 1)), sym.size)
+        elif w is None:
             m = np.zeros((idx.size, sym.size))
             m[np.arange(idx.size), idx] = 1.0
             terms[n] = m
@@ -274,10 +321,14 @@ def _reshape(imp: _Importer, sym: _Sym, shape: tuple[int, ...]) -> _Sym:
 
 def _scale_rows(sym: _Sym, c: np.ndarray) -> _Sym:
     c = c.reshape(-1)
-    terms = {}
+    terms: dict[int, Any] = {}
     for n, w in sym.terms.items():
-        if w is None:
+        if w is None and c.size * c.size > network.MAX_DENSE:
+            terms[n] = SparseMap(np.arange(c.size)[:, None], c[:, None], c.size)
+        elif w is None:
             terms[n] = np.diag(c)
+        elif isinstance(w, SparseMap):
+            terms[n] = w.scaled(c)
         elif isinstance(w, ConvOp):
             sc = w.scaled(c)
             terms[n] = sc if sc is not None else c[:, None] * w.dense()
@@ -339,6 +390,11 @@ def _add_syms(imp: _Importer, a: _Sym, b: _Sym, sign: float) -> _Sym:
     shape = _bshape(imp, (1,) + a.shape, (1,) + b.shape)
     a = _broadcast_sym(imp, a, shape)
     b = _broadcast_sym(imp, b, shape)
+    shared = set(a.terms) & set(b.terms)
+    if any(a.size * imp.nodes[n].size > network.MAX_DENSE for n in shared):
+        # two paths from one large node (a residual connection): one side becomes a node of its
+        # own rather than both being summed into a dense matrix
+        b = _Sym({imp.materialize(b, force_new=True): None}, np.zeros(b.shape), b.shape)
     if sign != 1.0:
         b = _scale_rows(b, np.full(b.size, sign))
     terms = dict(a.terms)
@@ -480,6 +536,8 @@ def _op_Conv(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any])
         return _ops.conv(v, aw, None, strides, pads, dil, group)
 
     fanin = int(np.prod(w.shape[1:]))
+    probe = _ops.conv(np.zeros((1,) + x.shape), w, None, strides, pads, dil, group)
+    x = break_chain(imp, x, int(probe.size))
 
     # a convolution applied directly to a node's values stays structured when its dense
     # matrix would be large (the transposed convolution is much cheaper than a dense product)
@@ -529,7 +587,17 @@ def _op_AveragePool(imp: _Importer, ins: list[str], outs: list[str], a: dict[str
     def f(v: np.ndarray) -> np.ndarray:
         return _ops.avgpool(v, kernel, strides, pads, dil, ceil_mode, cip)
 
-    return _push(imp, x, f, f, fanin=int(np.prod(kernel)) + 1)
+    def sparse() -> SparseMap:
+        try:
+            idx, _ = _ops.maxpool_index(x.shape[0], x.shape[1:], kernel, strides, pads, dil, ceil_mode)
+        except ValueError as exc:
+            raise imp.unsupported(str(exc)) from exc
+        # each window's weight: the average of ones over it, spread over its real inputs
+        ones = f(np.ones((1,) + x.shape)).reshape(-1)
+        n_valid = (idx >= 0).sum(axis=1)
+        return SparseMap(idx, np.broadcast_to((ones / n_valid)[:, None], idx.shape), x.size)
+
+    return _push(imp, x, f, f, fanin=int(np.prod(kernel)) + 1, sparse=sparse)
 
 
 def _op_GlobalAveragePool(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any]) -> _Sym:
@@ -539,7 +607,12 @@ def _op_GlobalAveragePool(imp: _Importer, ins: list[str], outs: list[str], a: di
     def f(v: np.ndarray) -> np.ndarray:
         return v.mean(axis=tuple(range(2, 2 + n_sp)), keepdims=True)
 
-    return _push(imp, x, f, f, fanin=int(np.prod(x.shape[1:])) + 1)
+    def sparse() -> SparseMap:
+        per = int(np.prod(x.shape[1:]))
+        idx = np.arange(x.size).reshape(x.shape[0], per)
+        return SparseMap(idx, np.full(idx.shape, 1.0 / per), x.size)
+
+    return _push(imp, x, f, f, fanin=int(np.prod(x.shape[1:])) + 1, sparse=sparse)
 
 
 def _reduce(imp: _Importer, ins: list[str], a: dict[str, Any], mean: bool) -> _Sym:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from l0tre_core.certify.network import as_dense
-from l0tre_core.certify.ops.affine import _push, _reshape, _rows, _Sym
+from l0tre_core.certify.ops.affine import _push, _reshape, _rows, _Sym, moves
 
 if TYPE_CHECKING:
     from l0tre_core.certify.importer import _Importer
@@ -104,7 +104,7 @@ def _op_Transpose(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, 
         raise imp.unsupported("transposing the batch axis")
     sp = [p - 1 for p in perm[1:]]
     idx = np.arange(x.size).reshape(x.shape).transpose(sp).reshape(-1)
-    return _rows(x, idx, tuple(x.shape[p] for p in sp))
+    return _rows(x, idx, tuple(x.shape[p] for p in sp), imp)
 
 
 def _op_Concat(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any]) -> _Sym:
@@ -186,7 +186,7 @@ def _op_Pad(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any]) 
     def full(v: np.ndarray) -> np.ndarray:
         return np.pad(v, width, constant_values=value)
 
-    return _push(imp, x, lin, full)
+    return _push(imp, x, lin, full, sparse=lambda: moves(lin, x.shape))
 
 
 def _op_Slice(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any]) -> _Sym:
@@ -213,7 +213,7 @@ def _op_Slice(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any]
     def f(v: np.ndarray) -> np.ndarray:
         return v[index]
 
-    return _push(imp, x, f, f)
+    return _push(imp, x, f, f, sparse=lambda: moves(f, x.shape))
 
 
 def _op_Identity(imp: _Importer, ins: list[str], outs: list[str], a: dict[str, Any]) -> Any:
