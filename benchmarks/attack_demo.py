@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 
-from l0tre_attack.search import RandomSearch, UnitPrior
-from l0tre_core.bounds import Witness
+from l0tre_attack.random_search import RandomSearch, UnitPrior
+from l0tre_core.witness import Witness
 from l0tre_core.data import load_data
 from l0tre_core.model import load_model
-from l0tre_core.plugins import create_host
-from l0tre_core.search import SearchContext
+from l0tre_core.host import create_host
+from l0tre_core.sweep import SearchContext
 from l0tre_core.tensors import NumpyKernels
 from l0tre_core.threat import ThreatModel
 

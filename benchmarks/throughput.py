@@ -17,8 +17,8 @@ import numpy as np
 
 from l0tre_core.data import load_data
 from l0tre_core.model import load_model
-from l0tre_core.plugins import create_host
-from l0tre_core.search import SearchContext
+from l0tre_core.host import create_host
+from l0tre_core.sweep import SearchContext
 from l0tre_core.tensors import NumpyKernels
 from l0tre_core.threat import ThreatModel
 

@@ -9,12 +9,14 @@ nothing else from the core. Names load on first use, so ``import l0tre_core`` st
   ``BackendOptions``, ``Runtime``, ``ArrayKernels``, ``LowerBoundMethod``, ``Certifier``,
   ``Certificate``, ``UpperBoundMethod``;
 - the engine: ``load_model``, ``load_data``, ``evaluate``, ``Budget``, ``ThreatModel``,
-  ``Classifier``, ``Dataset``, ``pick_kernels``;
+  ``Classifier``, ``Dataset``, ``pick_kernels``, ``CHUNK`` (perturbed inputs per model call group);
 - one input: ``SearchContext`` (the per-input context: sweep, union, tighten, verify),
   ``Sensitivity``, ``Witness``, ``SampleState``, ``flips``, ``score``;
 - results and events: ``RunResult``, ``BoundUpdate``, ``atomic_write``, ``json_default``,
   ``CHECKPOINT_NAME``;
-- errors: ``L0treError`` and its subclasses (each with its exit code).
+- figures: ``pyplot`` (matplotlib.pyplot drawing off-screen), ``png`` (a figure as PNG bytes);
+- errors: ``L0treError`` and its subclasses (each with its exit code; ``field`` names the
+  parameter an error is about).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ hookimpl = pluggy.HookimplMarker("l0tre")
 """Decorate your plugin's hook functions with this marker."""
 
 _FACADE = {
-    "create_host": "l0tre_core.plugins",
+    "create_host": "l0tre_core.host",
     "ArrayKernels": "l0tre_core.contracts",
     "BackendOptions": "l0tre_core.contracts",
     "Certificate": "l0tre_core.contracts",
@@ -48,17 +50,20 @@ _FACADE = {
     "evaluate": "l0tre_core.api",
     "pick_kernels": "l0tre_core.api",
     "Budget": "l0tre_core.driver",
+    "CHUNK": "l0tre_core.driver",
     "ThreatModel": "l0tre_core.threat",
-    "SearchContext": "l0tre_core.search",
-    "Sensitivity": "l0tre_core.search",
-    "Witness": "l0tre_core.bounds",
-    "SampleState": "l0tre_core.bounds",
-    "flips": "l0tre_core.bounds",
-    "score": "l0tre_core.bounds",
+    "SearchContext": "l0tre_core.sweep",
+    "Sensitivity": "l0tre_core.sweep",
+    "Witness": "l0tre_core.witness",
+    "SampleState": "l0tre_core.witness",
+    "flips": "l0tre_core.witness",
+    "score": "l0tre_core.witness",
     "RunResult": "l0tre_core.results",
     "atomic_write": "l0tre_core.results",
     "json_default": "l0tre_core.results",
     "BoundUpdate": "l0tre_core.events",
+    "pyplot": "l0tre_core.figures",
+    "png": "l0tre_core.figures",
     "L0treError": "l0tre_core.errors",
     "UsageError": "l0tre_core.errors",
     "ModelError": "l0tre_core.errors",

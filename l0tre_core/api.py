@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 import l0tre_core
-from l0tre_core.bounds import SampleState
+from l0tre_core.witness import SampleState
 from l0tre_core.checkpoint import Checkpoint, file_digest
 from l0tre_core.data import Dataset
 from l0tre_core.driver import Budget, Driver, LowerBounds
@@ -42,7 +42,8 @@ def pick_kernels(host: Any, device: str) -> Any:
     if gpu:
         return gpu[0]
     if device == "cuda":
-        raise EnvironmentProblem("--device cuda was asked for but no GPU array kernels are usable (is CuPy installed and a GPU visible?)")
+        raise EnvironmentProblem("`device` cuda was asked for but no GPU array kernels are usable (is CuPy installed and a GPU visible?)",
+                                 field="device")
     return kernels["numpy"]
 
 
@@ -59,8 +60,8 @@ def resolve_lower(mode: str, classifier: Classifier, host: Any, x: np.ndarray, t
     elif mode in methods:
         names = [mode]
     else:
-        raise UsageError(f"--lower must be auto, both or an installed lower-bound method "
-                         f"({', '.join(sorted(methods))}), got {mode!r}")
+        raise UsageError(f"`lower` must be auto, both or an installed lower-bound method "
+                         f"({', '.join(sorted(methods))}), got {mode!r}", field="lower")
     chosen: list[tuple[Any, Any]] = []
     for name in names:
         method = methods[name]
@@ -75,7 +76,8 @@ def resolve_lower(mode: str, classifier: Classifier, host: Any, x: np.ndarray, t
             return resolve_lower("discrete", classifier, host, x, threat, seed)[0], "discrete", [
                 f"sound lower bounds unavailable ({reason}); using discrete"]
         else:
-            raise UsageError(f"--lower {mode} is not available for this model: {reason}", hint="use --lower discrete")
+            raise UsageError(f"`lower` {mode} is not available for this model: {reason}", hint="use `lower` discrete",
+                             field="lower")
     if mode == "auto" and "sound" not in names:
         return LowerBounds(chosen), "discrete", ["sound lower bounds unavailable (no sound lower-bound method is installed); using discrete"]
     return LowerBounds(chosen, first_proof=mode != "both"), mode, []
@@ -94,7 +96,7 @@ def resolve_upper(names: Iterable[str] | None, host: Any) -> list[Any]:
         if name in ("sensitivity", "none"):
             continue
         if name not in methods:
-            raise UsageError(f"unknown upper-bound method {name!r} (installed: {', '.join(sorted(methods))})")
+            raise UsageError(f"unknown upper-bound method {name!r} (installed: {', '.join(sorted(methods))})", field="upper")
         chosen.append(methods[name])
     return chosen
 
@@ -110,13 +112,13 @@ def check_model_space(classifier: Classifier) -> None:
     if not ok:
         raise CardError(
             f"the card's normalisation (mean {classifier.card.mean}, std {classifier.card.std}) maps the valid range "
-            f"[{lo:g}, {hi:g}] to values float32 cannot hold; check --mean/--std/--range"
+            f"[{lo:g}, {hi:g}] to values float32 cannot hold; check `mean`/`std`/`range`", field="std"
         )
 
 
 def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
-        raise UsageError(f"--seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+        raise UsageError(f"`seed` must be an integer from 0 to {2**32 - 1}, got {seed!r}", field="seed")
     return int(seed)
 
 
@@ -125,7 +127,7 @@ def check_resumed(classifier: Classifier, threat: ThreatModel, data: Dataset, st
     model's prediction (or the data's label), and a witness must flip it, re-run through the model
     now, changing exactly as many units as its upper bound says. An input whose record fails is
     searched again from the start."""
-    from l0tre_core.bounds import Witness
+    from l0tre_core.witness import Witness
 
     encoder = classifier.encoder(threat.unit)
     positions = [pos for pos, i in enumerate(data.index) if int(i) in states]
@@ -167,7 +169,7 @@ def evaluate(
     With ``out``, progress is checkpointed there after every step and the result files are
     written at the end (also after Ctrl-C, with the bounds reached so far).
     """
-    from l0tre_core.plugins import create_host
+    from l0tre_core.host import create_host
 
     host = host or create_host()
     threat = threat or ThreatModel(lo=classifier.card.lo, hi=classifier.card.hi)

@@ -17,7 +17,6 @@ from l0tre_core.errors import CardError
 
 LAYOUTS = ("nchw", "nhwc", "flat")
 OUTPUTS = ("logits", "probs")
-SOURCES = ("flag", "sidecar", "metadata", "inferred", "default")
 SIDECAR_SUFFIX = ".l0tre.json"
 CARD_FIELDS = ("layout", "range", "mean", "std", "output", "classes", "channels")
 
@@ -184,7 +183,7 @@ def _check_channels(card: ModelCard) -> None:
         len(card.std),
     ):
         raise CardError(
-            f"--mean has {len(card.mean)} values but --std has {len(card.std)}; give one per channel"
+            f"`mean` has {len(card.mean)} values but `std` has {len(card.std)}; give one per channel", field="std"
         )
 
 

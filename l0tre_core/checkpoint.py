@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.bounds import SampleState
+from l0tre_core.witness import SampleState
 from l0tre_core.errors import CheckpointError
 from l0tre_core.results import OutputError
 
@@ -60,7 +60,7 @@ class Checkpoint:
         ``units``, ``classes`` and ``value_range`` (when given) bound what a record may hold:
         witness positions, reference labels and witness values."""
         if not self.path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {self.path}")
+            raise CheckpointError(f"`resume`: no checkpoint at {self.path}", field="resume")
         try:
             lines = self.path.read_bytes().split(b"\n")
         except OSError as exc:
@@ -84,7 +84,8 @@ class Checkpoint:
                 if record.get("key") != self.key:
                     raise CheckpointError(
                         f"checkpoint {self.path} belongs to another run (model, data, options or seed differ); "
-                        "use another --out or drop --resume"
+                        "use another `out` or drop `resume`",
+                        field="resume",
                     )
                 continue
             try:
@@ -129,7 +130,7 @@ class Checkpoint:
         except OSError as exc:
             raise OutputError(
                 f"cannot write checkpoint {self.path}: {exc.strerror or exc} "
-                "(the steps saved before are kept; free space and continue with --resume)"
+                "(the steps saved before are kept; free space and continue with `resume`)"
             ) from None
 
     def close(self) -> None:

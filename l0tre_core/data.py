@@ -83,12 +83,12 @@ def _describe(geometry: Geometry, reading: str) -> str:
     c = geometry.n_channels
     axes = "C,H,W" if reading == "model" and geometry.layout == "nchw" else "H,W,C"
     moved = ", transposed to the model's C,H,W" if reading == "hwc" and geometry.layout == "nchw" else ""
-    return f"--layout {geometry.layout} reads a sample as {axes} ({h}x{w} pixels of {c} channels{moved})"
+    return f"`layout` {geometry.layout} reads a sample as {axes} ({h}x{w} pixels of {c} channels{moved})"
 
 
 def check_unambiguous(stored: str, per_sample: tuple[int, ...], geometry: Geometry, source: str) -> None:
     """Refuse data that fit a model whose layout was only guessed in more than one way (a
-    UsageError naming ``--layout``): the readings group different numbers into pixels, or feed
+    UsageError about ``layout``): the readings group different numbers into pixels, or feed
     the model different tensors, so the bounds would depend on a silent choice."""
     if not geometry.alternatives:
         return
@@ -111,7 +111,7 @@ def check_unambiguous(stored: str, per_sample: tuple[int, ...], geometry: Geomet
         return
     shape = "[" + ", ".join(["N", *(str(d) for d in geometry.sample_shape)]) + "]"
     ways = "; or ".join(_describe(g, how) for g, how in distinct.values())
-    names = " or ".join(f"--layout {layout}" for layout in chosen)
+    names = " or ".join(f"`layout` {layout}" for layout in chosen)
     if len(distinct) > 1:
         problem = f"fit the model input {shape} in more than one layout and the model does not say which"
     else:
@@ -120,6 +120,7 @@ def check_unambiguous(stored: str, per_sample: tuple[int, ...], geometry: Geomet
         f"{source}: samples of shape {list(per_sample)} {problem} (its layout was only inferred from the input "
         f"shape): {ways}; " + (f"the bounds differ between them, so give {names}" if len(distinct) > 1 else f"give {names} to read them so"),
         hint="or set the layout in the model card: a <model>.l0tre.json sidecar or l0tre.layout metadata",
+        field="layout",
     )
 
 
@@ -158,7 +159,8 @@ def fit_to_model(raw: RawData, geometry: Geometry, value_range: tuple[float, flo
     if xc.min() < lo - tol or xc.max() > hi + tol:
         raise DataError(
             f"{source}: values span [{xc.min():.4g}, {xc.max():.4g}], outside the valid range [{lo:g}, {hi:g}]",
-            hint="set --range to the data's range, or give --mean/--std if the data are already normalised",
+            hint="set `range` to the data's range, or give `mean`/`std` if the data are already normalised",
+            field="range",
         )
     xc = np.clip(xc, lo, hi).astype(np.float32)
     y = None
@@ -178,14 +180,14 @@ def fit_to_model(raw: RawData, geometry: Geometry, value_range: tuple[float, flo
 def select(data: Dataset, n: int | None, start: int) -> Dataset:
     """Samples ``start .. start+n`` (all from ``start`` when ``n`` is None)."""
     if start < 0:
-        raise UsageError(f"--start must be >= 0, got {start}")
+        raise UsageError(f"`start` must be >= 0, got {start}", field="start")
     if n is not None and n < 1:
-        raise UsageError(f"--n must be positive, got {n}")
+        raise UsageError(f"`n` must be positive, got {n}", field="n")
     if start >= len(data):
-        raise UsageError(f"--start {start} is past the end of the data ({len(data)} samples)")
+        raise UsageError(f"`start` {start} is past the end of the data ({len(data)} samples)", field="start")
     stop = len(data) if n is None else start + n
     if stop > len(data):
-        raise UsageError(f"--n {n} from --start {start} asks for more samples than the data holds ({len(data)})")
+        raise UsageError(f"`n` {n} from `start` {start} asks for more samples than the data holds ({len(data)})", field="n")
     sl = slice(start, stop)
     return Dataset(
         data.x[sl], None if data.y is None else data.y[sl], data.index[sl], data.source, data.sample_shape, data.layout
@@ -212,7 +214,7 @@ def load_data(
 ) -> Dataset:
     """Read ``path`` (the embedded demo data when None) and fit it to ``geometry``."""
     from l0tre_core.demo import demo_data_path
-    from l0tre_core.plugins import create_host
+    from l0tre_core.host import create_host
 
     host = host or create_host()
     p = Path(path) if path is not None else demo_data_path()

@@ -15,32 +15,34 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from l0tre_core.bounds import SampleState, Witness
+from l0tre_core.witness import SampleState, Witness
 from l0tre_core.errors import UsageError
 from l0tre_core.events import BoundUpdate
-from l0tre_core.search import SearchContext
+from l0tre_core.sweep import SearchContext
 from l0tre_core.threat import ThreatModel
 
 T1_CERTIFY_SECONDS = 60.0
+MAX_T = 1  # the default largest subset size: every single pixel (t = 2 costs C(pixels, 2) x |V|^2 per input)
+CHUNK = 4096  # perturbed inputs built and run per model call group
 
 
 @dataclass(frozen=True)
 class Budget:
-    max_t: int = 2
+    max_t: int = MAX_T
     time_limit: float | None = None  # seconds for the whole run
     input_time_limit: float | None = None  # seconds per input
     certify_time: float = 10.0  # seconds of certificate splitting per input and level (t = 1: at least 60)
-    chunk: int = 4096  # perturbed inputs built and run per model call group
+    chunk: int = CHUNK
 
     def __post_init__(self) -> None:
         if self.max_t < 1:
-            raise UsageError(f"--max-t must be at least 1, got {self.max_t}")
-        for name, value in (("--time-limit", self.time_limit), ("--input-time-limit", self.input_time_limit),
-                            ("--certify-time", self.certify_time)):
+            raise UsageError(f"`max_t` must be at least 1, got {self.max_t}", field="max_t")
+        for name in ("time_limit", "input_time_limit", "certify_time"):
+            value = getattr(self, name)
             if value is not None and not value > 0:
-                raise UsageError(f"{name} must be a positive number of seconds, got {value}")
+                raise UsageError(f"`{name}` must be a positive number of seconds, got {value}", field=name)
         if self.chunk < 1:
-            raise UsageError(f"the chunk size must be positive, got {self.chunk}")
+            raise UsageError(f"`chunk` must be positive, got {self.chunk}", field="chunk")
 
 
 def global_bounds(states: Iterable[SampleState]) -> tuple[float, float | None]:
@@ -103,7 +105,7 @@ class Driver:
             label = None if labels is None else int(labels[pos])
             if self.threat.against == "label":
                 if label is None:
-                    raise UsageError("--against label needs labels for the data")
+                    raise UsageError("`against` label needs labels for the data", field="against")
                 ref = label
             else:
                 ref = int(preds[pos])

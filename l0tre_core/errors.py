@@ -8,13 +8,20 @@ from __future__ import annotations
 
 
 class L0treError(Exception):
-    """Base of the errors that reach the user as one line and an exit code."""
+    """Base of the errors that reach the user as one line and an exit code.
+
+    A message names the parameters it is about as Python code does, in backticks (for example
+    "`max_t` must be at least 1, got 0"), and ``field`` is the main one (``"max_t"``; None when
+    the error is about no single parameter). The command line shows each named parameter as the
+    flag that sets it ("--max-t must be at least 1, got 0").
+    """
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+        self.field = field
 
     def __str__(self) -> str:
         base = super().__str__()

@@ -33,10 +33,11 @@ hookspec = pluggy.HookspecMarker("l0tre")
 def l0tre_register_commands(app: "typer.Typer") -> None:
     """Add Typer commands or sub-apps to the ``l0tre`` command line.
 
-    Use ``l0tre_cli.options`` for the options every application shares (model, card flags, data,
-    ``--n``, ``--out``, ``--format``, ``--seed``, ``--device``, ``--batch-size``) so that your
-    command reads like the built-in ones. Raise ``l0tre_core.errors.L0treError`` subclasses for
-    problems the user can fix: the CLI turns them into one line and an exit code.
+    Use ``l0tre_cli.kit`` for the options every application shares (``common_options``: model,
+    card flags, data, ``--n``, ``--out``, ``--format``, ``--seed``, ``--device``, ``--batch-size``;
+    ``search_options``: ``--max-t``, ``--time-limit``, ``--values``, ...) so that your command reads
+    like the built-in ones. Raise ``l0tre_core.L0treError`` subclasses for problems the user can
+    fix: the CLI turns them into one line and an exit code.
     """
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,7 +42,6 @@ class Classifier:
     batch_size: int = DEFAULT_BATCH
     onnx_model: Any = None  # onnx.ModelProto, for bound propagation
     evaluations: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         c = self.geometry.n_channels
@@ -115,7 +114,7 @@ class Classifier:
             "providers": list(self.runtime.providers),
             "batching": self.runtime.batching,
             "session_options": dict(getattr(self.runtime, "session_options", {})),
-            "notes": list(self.runtime.notes) + list(self.notes),
+            "notes": list(self.runtime.notes),
         }
 
 
@@ -129,7 +128,7 @@ def _per_channel(values: tuple[float, ...] | None, channels: int, name: str, def
     if len(values) == 1:
         return np.full(channels, values[0], np.float32)
     if len(values) != channels:
-        raise CardError(f"--{name} has {len(values)} values but the model's pixels have {channels} channels")
+        raise CardError(f"`{name}` has {len(values)} values but the model's pixels have {channels} channels", field=name)
     return np.asarray(values, np.float32)
 
 
@@ -184,7 +183,7 @@ def build_classifier(
     if card.classes is not None and len(card.classes) != k:
         raise CardError(f"the card names {len(card.classes)} classes but the model outputs {k} scores")
     if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+        raise UsageError(f"`batch_size` must be positive, got {batch_size}", field="batch_size")
     clf = Classifier(
         runtime=runtime,
         card=card,
@@ -210,7 +209,7 @@ def load_model(
 ) -> Classifier:
     """Load a model file (the embedded demo when ``path`` is None) with its resolved card."""
     from l0tre_core.demo import demo_model_path
-    from l0tre_core.plugins import create_host
+    from l0tre_core.host import create_host
 
     host = host or create_host()
     backends = host.registry("backends")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from l0tre_core.bounds import SampleState
+from l0tre_core.witness import SampleState
 from l0tre_core.errors import L0treError
 
 SCHEMA_VERSION = 1
@@ -188,12 +188,9 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
 
 
 def convergence_png(result: RunResult) -> bytes:
-    import matplotlib
+    from l0tre_core.figures import png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=100)
     if result.history:
         ts = [h[0] for h in result.history]
         ax.step(ts, [h[1] for h in result.history], where="post", label="global lower bound")
@@ -206,11 +203,8 @@ def convergence_png(result: RunResult) -> bytes:
     if result.history:
         ax.legend(loc="best")
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 def json_default(obj: Any) -> Any:

@@ -37,13 +37,6 @@ def unrank_subsets(ranks: np.ndarray, n: int, t: int, table: np.ndarray | None =
     return out
 
 
-def rank_subsets(subsets: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`unrank_subsets` for ascending ``[B, t]`` subsets."""
-    subsets = np.asarray(subsets, np.int64)
-    t = subsets.shape[1]
-    return sum(table[subsets[:, k], k + 1] for k in range(t))
-
-
 def assignment_digits(codes: np.ndarray, n_values: int, t: int) -> np.ndarray:
     """Assignment codes to ``[B, t]`` value indices (base ``n_values``, first position slowest)."""
     codes = np.asarray(codes, np.int64)

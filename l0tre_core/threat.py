@@ -34,11 +34,11 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
-            raise UsageError(f"--unit must be pixel or feature, got {self.unit!r}")
+            raise UsageError(f"`unit` must be pixel or feature, got {self.unit!r}", field="unit")
         if self.against not in AGAINST:
-            raise UsageError(f"--against must be prediction or label, got {self.against!r}")
+            raise UsageError(f"`against` must be prediction or label, got {self.against!r}", field="against")
         if self.score not in SCORES:
-            raise UsageError(f"--score must be margin or logit, got {self.score!r}")
+            raise UsageError(f"`score` must be margin or logit, got {self.score!r}", field="score")
         self.levels()
 
     def levels(self) -> np.ndarray:
@@ -51,16 +51,17 @@ class ThreatModel:
             except ValueError:
                 k = 0
             if not 2 <= k <= MAX_LEVELS:
-                raise UsageError(f"--values grid:K needs an integer K from 2 to {MAX_LEVELS}, got {self.values!r}")
+                raise UsageError(f"`values` grid:K needs an integer K from 2 to {MAX_LEVELS}, got {self.values!r}", field="values")
             return np.linspace(self.lo, self.hi, k, dtype=np.float32)
-        raise UsageError(f"--values must be corners or grid:K, got {self.values!r}")
+        raise UsageError(f"`values` must be corners or grid:K, got {self.values!r}", field="values")
 
     def value_set(self, channels: int) -> np.ndarray:
         """V as ``[|V|, channels]``: every combination of levels over the channels of one unit."""
         levels = self.levels()
         if len(levels) ** channels > MAX_VALUES:
             raise UsageError(
-                f"--values {self.values} gives {len(levels)}^{channels} values per pixel, more than {MAX_VALUES}; use fewer levels"
+                f"`values` {self.values} gives {len(levels)}^{channels} values per pixel, more than {MAX_VALUES}; use fewer levels",
+                field="values",
             )
         return np.array(list(itertools.product(levels, repeat=channels)), np.float32).reshape(-1, channels)
 

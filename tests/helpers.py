@@ -242,7 +242,7 @@ def invoke(args: Sequence[str], plugins: Sequence[str] = (), **kwargs: Any) -> A
     from typer.testing import CliRunner
 
     from l0tre_cli import create_app
-    from l0tre_core.plugins import create_host
+    from l0tre_core.host import create_host
 
     app = create_app(create_host(list(plugins), **kwargs))
     return CliRunner().invoke(app, [str(a) for a in args])

@@ -17,14 +17,14 @@ import pytest
 
 from helpers import DEMO_MODEL, assert_one_line_error, invoke, make_cnn, make_mlp, ort_outputs
 from l0tre_attack.run import run_attack, summarise
-from l0tre_attack.search import RandomSearch, UnitPrior, spatial_prior
+from l0tre_attack.random_search import RandomSearch, UnitPrior, spatial_prior
 from l0tre_core.api import evaluate
-from l0tre_core.bounds import SampleState, Witness, flips
+from l0tre_core.witness import SampleState, Witness, flips
 from l0tre_core.data import Dataset
 from l0tre_core.driver import Budget
 from l0tre_core.model import load_model
-from l0tre_core.plugins import create_host
-from l0tre_core.search import SearchContext
+from l0tre_core.host import create_host
+from l0tre_core.sweep import SearchContext
 from l0tre_core.tensors import NumpyKernels
 from l0tre_core.threat import ThreatModel
 from numpy_models import oracle_distance, random_classifier

@@ -226,8 +226,9 @@ def test_normalise_field_refuses(name: str, value: object) -> None:
 
 
 def test_mean_and_std_lengths_must_agree() -> None:
-    with pytest.raises(CardError, match="--mean has 2 values but --std has 3"):
+    with pytest.raises(CardError, match="`mean` has 2 values but `std` has 3") as refused:
         resolve_card(flags={"mean": "1,2", "std": "1,2,3"}, sidecar={}, metadata={}, inferred={})
+    assert refused.value.field == "std"
     # One value broadcasts over the channels.
     card = resolve_card(flags={"mean": "1,2,3", "std": "2"}, sidecar={}, metadata={}, inferred={})
     assert card.std == (2.0,)

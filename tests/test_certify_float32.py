@@ -23,7 +23,7 @@ from helpers import invoke, make_model_with, write_npz
 from l0tre_core.contracts import Certificate
 from l0tre_core.certify import InputSet, Network, certify, float32
 from l0tre_core.model import load_model
-from l0tre_core.sound import SoundCertifier
+from l0tre_core.certifier import SoundCertifier
 from l0tre_core.threat import ThreatModel
 
 
@@ -123,9 +123,9 @@ class _Liar:
 
 
 def test_a_sound_bound_above_a_verified_witness_exits_5_and_keeps_the_witness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from l0tre_core import builtin
+    from l0tre_core import methods
 
-    monkeypatch.setattr(builtin.BoundPropagation, "prepare", lambda self, classifier, x, threat, seed: _Liar())
+    monkeypatch.setattr(methods.BoundPropagation, "prepare", lambda self, classifier, x, threat, seed: _Liar())
     model = _mlp(tmp_path / "m.onnx")
     data = write_npz(tmp_path / "x.npz", np.random.default_rng(3).uniform(0, 1, (4, 1, 4, 4)).astype(np.float32))
     out = tmp_path / "run"

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import DEMO_MODEL, assert_one_line_error, invoke, run_l0tre
 from l0tre_core.errors import PluginError
-from l0tre_core.plugins import create_host
+from l0tre_core.host import create_host
 
 EXAMPLE_DIR = Path(__file__).resolve().parent / "plugin_example"
 BUILTIN = {"onnxruntime", "formats", "robustness"}

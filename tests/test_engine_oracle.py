@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from l0tre_core.api import evaluate
-from l0tre_core.bounds import flips
+from l0tre_core.witness import flips
 from l0tre_core.data import Dataset
 from l0tre_core.driver import Budget
 from l0tre_core.threat import ThreatModel

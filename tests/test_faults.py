@@ -323,7 +323,7 @@ def test_disk_full_while_writing_the_checkpoint_then_resume(tmp_path: Path, monk
         return path.endswith(CHECKPOINT) and len([p for p in synced if p.endswith(CHECKPOINT)]) >= 4
 
     no_space_when(monkeypatch, fail)
-    with pytest.raises(OutputError, match="--resume"):
+    with pytest.raises(OutputError, match="`resume`"):
         evaluate(clf, data, budget=budget, lower="discrete", out=tmp_path)
     monkeypatch.undo()
     assert not (tmp_path / "results.json").exists()
@@ -391,12 +391,15 @@ def test_resume_without_out_is_a_usage_error() -> None:
 
 def test_budgets_and_seed_are_checked_by_the_engine_too() -> None:
     for kwargs in ({"max_t": 0}, {"time_limit": 0.0}, {"time_limit": float("nan")}, {"input_time_limit": -1.0}):
-        with pytest.raises(UsageError):
+        with pytest.raises(UsageError) as refused:
             Budget(**kwargs)
+        (name,) = kwargs
+        assert refused.value.field == name and f"`{name}`" in str(refused.value)  # the CLI shows the flag
     clf, data = small_setup(1)
     for seed in (-1, 2**32, 2**64):
-        with pytest.raises(UsageError, match="--seed"):
+        with pytest.raises(UsageError, match="`seed`") as refused:
             evaluate(clf, data, budget=Budget(max_t=1), seed=seed)
+        assert refused.value.field == "seed"
 
 
 def test_normalisation_that_overflows_float32_is_refused() -> None:

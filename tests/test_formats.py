@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from l0tre_core.data import find_format, fit_to_model
 from l0tre_core.errors import DataError
 from l0tre_core.geometry import geometry_for
-from l0tre_core.plugins import create_host
+from l0tre_core.host import create_host
 from l0tre_core.contracts import DataFormat
 from l0tre_formats import CsvFormat, FolderFormat, IdxFormat, NpzFormat
 

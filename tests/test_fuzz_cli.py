@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from helpers import make_cnn, write_npz
 from l0tre_cli import create_app
-from l0tre_core.plugins import create_host
+from l0tre_core.host import create_host
 
 CLEAN_EXITS = {0, 2, 3, 4}
 FUZZ = settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -100,8 +100,9 @@ def test_python_api_refuses_too(tmp_path: Path) -> None:
     model = cube_model(tmp_path)
     data = write_npz(tmp_path / "x.npz", rng_images((3, 3, 3)))
     clf = load_model(model)
-    with pytest.raises(UsageError, match="--layout"):
+    with pytest.raises(UsageError, match="`layout`") as refused:
         load_data(data, clf.geometry, clf.card.range)
+    assert refused.value.field == "layout"
     declared = load_model(model, card={"layout": "nhwc"})
     assert len(load_data(data, declared.geometry, declared.card.range)) == 2
 

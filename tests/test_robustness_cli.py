@@ -10,13 +10,13 @@ import struct
 import numpy as np
 import pytest
 
-from helpers import DEMO_DATA, MODELS, invoke, make_cnn, make_mlp, ort_outputs, write_npz
+from helpers import DEMO_DATA, MODELS, invoke, make_cnn, ort_outputs, write_npz
 from l0tre_core import hookimpl
 from l0tre_core.api import evaluate
 from l0tre_core.data import load_data
 from l0tre_core.driver import Budget
 from l0tre_core.model import load_model
-from l0tre_core.plugins import create_host
+from l0tre_core.host import create_host
 
 
 def write_idx(folder, x: np.ndarray, y: np.ndarray) -> None:

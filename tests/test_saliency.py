@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import invoke
-from l0tre_core.bounds import score
-from l0tre_core.search import SearchContext
+from l0tre_core.witness import score
+from l0tre_core.sweep import SearchContext
 from l0tre_core.tensors import NumpyKernels
 from l0tre_core.threat import ThreatModel
 from l0tre_saliency.saliency import saliency_map

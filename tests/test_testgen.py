@@ -12,7 +12,7 @@ from onnx import helper
 from helpers import DEMO_MODEL, _value, invoke, make_model_with, ort_outputs
 from l0tre_core.data import load_data
 from l0tre_core.model import load_model
-from l0tre_core.search import SearchContext
+from l0tre_core.sweep import SearchContext
 from l0tre_core.tensors import NumpyKernels
 from l0tre_core.threat import ThreatModel
 from l0tre_testgen.coverage import CoverageProbe, coverage_report

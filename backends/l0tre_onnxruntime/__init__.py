@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from l0tre_core import hookimpl
-from l0tre_core.contracts import BackendOptions, InferenceBackend, Runtime
+from l0tre_core import BackendOptions, InferenceBackend, Runtime, hookimpl
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from l0tre_core.errors import ModelError
+from l0tre_core import ModelError
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 

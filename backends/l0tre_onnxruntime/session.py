@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.errors import EnvironmentProblem, ModelError, UsageError
-from l0tre_core.contracts import BackendOptions
+from l0tre_core import BackendOptions, EnvironmentProblem, ModelError, UsageError
 from l0tre_onnxruntime.graph import declared_shape, graph_inputs, make_batch_symbolic, read_model
 
 CHECK_BATCH = 3
@@ -35,12 +34,13 @@ def check_single_ort_install() -> None:
 
 def _providers(device: str, available: list[str]) -> list[Any]:
     if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise UsageError(f"`device` must be auto, cpu or cuda, got {device!r}", field="device")
     cuda_ok = "CUDAExecutionProvider" in available
     if device == "cuda" and not cuda_ok:
         raise EnvironmentProblem(
-            "--device cuda was asked for but this onnxruntime has no CUDA provider",
-            hint="install the GPU stack: pip install 'l0tre[gpu]' (see the README), or use --device cpu",
+            "`device` cuda was asked for but this onnxruntime has no CUDA provider",
+            hint="install the GPU stack: pip install 'l0tre[gpu]' (see the README), or use `device` cpu",
+            field="device",
         )
     if device == "cpu" or not cuda_ok:
         return ["CPUExecutionProvider"]
@@ -121,16 +121,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def _pick(values: list[Any], wanted: str | None, what: str, flag: str) -> Any:
+def _pick(values: list[Any], wanted: str | None, what: str) -> Any:
+    param = f"{what}_name"
     if wanted is not None:
         for v in values:
             if v.name == wanted:
                 return v
         names = ", ".join(v.name for v in values)
-        raise UsageError(f"the model has no {what} named {wanted!r} (it has: {names})")
+        raise UsageError(f"the model has no {what} named {wanted!r} (it has: {names})", field=param)
     if len(values) != 1:
         names = ", ".join(v.name for v in values)
-        raise ModelError(f"the model has {len(values)} {what}s ({names}); choose one with {flag}")
+        raise ModelError(f"the model has {len(values)} {what}s ({names}); choose one with `{param}`", field=param)
     return values[0]
 
 
@@ -150,8 +151,8 @@ def load_runtime(path: Path, options: BackendOptions) -> OrtRuntime:
     import onnxruntime as ort
 
     model = read_model(path)
-    inp = _pick(graph_inputs(model), options.input_name, "input", "--input-name")
-    outp = _pick(list(model.graph.output), options.output_name, "output", "--output-name")
+    inp = _pick(graph_inputs(model), options.input_name, "input")
+    outp = _pick(list(model.graph.output), options.output_name, "output")
     elem = inp.type.tensor_type.elem_type
     if elem != 1:  # FLOAT
         raise ModelError(f"the input {inp.name!r} is not float32 (ONNX element type {elem}); l0tre feeds float32 images")
@@ -188,7 +189,8 @@ def load_runtime(path: Path, options: BackendOptions) -> OrtRuntime:
         if options.device == "cuda":
             raise EnvironmentProblem(
                 "the CUDA provider failed to start (CUDA or cuDNN libraries missing?)",
-                hint="check `python -c 'import onnxruntime; onnxruntime.preload_dlls()'`, or use --device cpu",
+                hint="check `python -c 'import onnxruntime; onnxruntime.preload_dlls()'`, or use `device` cpu",
+                field="device",
             )
         notes.append("the CUDA provider failed to start; running on the CPU")
     return OrtRuntime(

@@ -1,8 +1,10 @@
-"""The l0tre command line (package ``l0tre_cli``)."""
+"""The l0tre command line (package ``l0tre_cli``).
+
+Plugins take what they need from ``l0tre_cli.kit``; ``create_app`` and ``main`` are for running it.
+"""
 
 from __future__ import annotations
 
 from l0tre_cli.app import create_app, main
-from l0tre_cli.options import Common, common_options
 
-__all__ = ["Common", "common_options", "create_app", "main"]
+__all__ = ["create_app", "main"]

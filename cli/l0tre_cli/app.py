@@ -11,8 +11,9 @@ from typing_extensions import Annotated
 
 import l0tre_core
 from l0tre_cli import console
+from l0tre_cli.options import user_message
 from l0tre_core.errors import L0treError, PluginError
-from l0tre_core.plugins import PluginHost, create_host
+from l0tre_core.host import PluginHost, create_host
 
 HELP = (
     "How many pixels must change to flip an image classifier's decision: proven lower bounds and "
@@ -39,9 +40,9 @@ def create_app(host: PluginHost | None = None) -> typer.Typer:
     ) -> None:
         ctx.obj = host
 
-    from l0tre_cli import builtin
+    from l0tre_cli import commands
 
-    builtin.register(app)
+    commands.register(app)
     _register_plugin_commands(app, host)
     return app
 
@@ -100,11 +101,11 @@ def plugin_args(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        from l0tre_core.plugins import ensure_importable
+        from l0tre_core.host import ensure_importable
 
         ensure_importable(".")
         app = create_app(create_host(plugin_args(argv)))
     except L0treError as exc:
-        console.error(str(exc))
+        console.error(user_message(exc))
         sys.exit(exc.exit_code)
     return app(args=argv, prog_name="l0tre")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import signal
 import typing
 from dataclasses import dataclass
@@ -31,6 +32,28 @@ from l0tre_core.errors import Interrupted, L0treError, UsageError
 CARD_PANEL = "Model card"
 DATA_PANEL = "Data"
 RUN_PANEL = "Run"
+
+# The engine's messages name its parameters as Python does (`max_t`); users of the command line
+# read the flag that sets each one. One table: parameter (or card field) -> flag.
+FLAGS = {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        # the budget and the threat model
+        "max_t", "time_limit", "input_time_limit", "certify_time", "lower", "upper", "values", "unit",
+        "against", "score", "seed", "device",
+        # the model card, the model and the data
+        "layout", "range", "mean", "std", "output", "classes", "channels", "input_name", "output_name",
+        "batch_size", "n", "start", "labels",
+        # the run's files
+        "out", "resume",
+    )
+}
+_NAMED = re.compile(r"`(\w+)`")
+
+
+def user_message(exc: L0treError) -> str:
+    """The one line the command line prints for ``exc``: each parameter it names as its flag."""
+    return _NAMED.sub(lambda m: FLAGS.get(m[1], m[0]), str(exc))
 
 
 @dataclass
@@ -83,7 +106,7 @@ class Common:
         try:
             resolve_card(flags=flags, sidecar={}, metadata={}, inferred={})
         except CardError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(str(exc), field=exc.field) from None
         return flags
 
     def prepare_out(self) -> Path | None:
@@ -205,12 +228,9 @@ def run_guarded(body: Callable[[], Any], *, fmt: str = "table") -> Any:
         previous = None
     try:
         return body()
-    except Interrupted as exc:
-        console.error(str(exc))
-        raise typer.Exit(Interrupted.exit_code) from None
     except L0treError as exc:
         # Messages quote paths and values from the user: "[/x]" must print as is, not as markup.
-        console.error(str(exc))
+        console.error(user_message(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.error("interrupted")

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 @hookimpl
 def l0tre_register_bound_methods(register: Callable[[Any], None]) -> None:
-    from l0tre_attack.search import RandomSearch
+    from l0tre_attack.random_search import RandomSearch
 
     register(RandomSearch())
 

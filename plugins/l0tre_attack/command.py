@@ -9,25 +9,25 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_cli import Common, common_options, console
-from l0tre_cli.progress import InputProgress
-from l0tre_core.errors import Interrupted
-from l0tre_core.threat import ThreatModel
+from l0tre_attack.random_search import DEFAULT_K_CAP, DEFAULT_QUERIES
 from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
-from l0tre_attack.search import DEFAULT_K_CAP, DEFAULT_QUERIES
+from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
+from l0tre_core import Interrupted, ThreatModel
 
 PANEL = "Attack"
 
 
 @common_options
+@search_options(panel=PANEL)
 def attack(
     common: Common,
+    *,
+    values: str,
+    against: str,
+    time_limit: Optional[float],
+    input_time_limit: Optional[float],
     budget: Annotated[int, typer.Option("--budget", help="Random-search evaluations per input, after the t=1 sensitivity sweep (0: sensitivity search alone)", rich_help_panel=PANEL)] = DEFAULT_QUERIES,
     k_max: Annotated[int, typer.Option("--k-max", help="Most pixels an adversarial example may change to count as a success", rich_help_panel=PANEL)] = DEFAULT_K_CAP,
-    values: Annotated[str, typer.Option("--values", help="Values a changed pixel may take: corners or grid:K", rich_help_panel=PANEL)] = "corners",
-    against: Annotated[str, typer.Option("--against", help="Label to move away from: the model's prediction or the ground-truth label", rich_help_panel=PANEL)] = "prediction",
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds for the whole run", rich_help_panel=PANEL, show_default=False)] = None,
-    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
 ) -> None:
     check_settings(budget, k_max, time_limit, input_time_limit)
     model = common.load_model()

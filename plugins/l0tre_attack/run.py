@@ -17,14 +17,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from l0tre_core.bounds import Witness
-from l0tre_core.errors import UsageError
-from l0tre_core.search import SearchContext
-from l0tre_core.threat import ThreatModel
-from l0tre_attack.search import DEFAULT_BATCH, RandomSearch, UnitPrior
+from l0tre_attack.random_search import DEFAULT_BATCH, RandomSearch, UnitPrior
+from l0tre_core import CHUNK, SearchContext, ThreatModel, UsageError, Witness
 
 SUCCESS_AT = (1, 2, 4, 8, 16, 32)
-CHUNK = 4096
 PNG_PAIRS = 16
 
 
@@ -176,8 +172,7 @@ def run_attack(
     Ctrl-C stops after the current input; the result then holds the inputs done and
     ``complete`` is False.
     """
-    from l0tre_core.api import pick_kernels
-    from l0tre_core.plugins import create_host
+    from l0tre_core import create_host, pick_kernels
 
     check_settings(budget, k_max, time_limit, input_time_limit)
     host = host or create_host()
@@ -269,7 +264,7 @@ def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: Rand
 def write_outputs(result: AttackResult, folder: Path, data: Any, geometry: Any) -> list[Path]:
     """``attacks.json``, ``adversarial.npz`` (index, x_adv in the data file's per-sample layout)
     and ``adversarial.png`` (up to 16 clean/adversarial pairs, changed pixels marked)."""
-    from l0tre_core.results import atomic_write, json_default
+    from l0tre_core import atomic_write, json_default
 
     written = []
     path = folder / "attacks.json"
@@ -310,11 +305,9 @@ def _display(x: np.ndarray, shape: tuple[int, int], lo: float, hi: float) -> tup
 
 
 def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
+    from l0tre_core import png, pyplot
 
     lo, hi = result.threat["range"]
     shape = _image_shape(geometry)
@@ -322,7 +315,7 @@ def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS)
     per_row = 4
     rows = max(1, math.ceil(len(shown) / per_row))
     cols = 2 * min(per_row, max(1, len(shown)))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), dpi=100, squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), dpi=100, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     classes = result.model.get("card", {}).get("classes")
@@ -348,7 +341,4 @@ def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS)
         axes[0, 0].text(0.5, 0.5, "no adversarial examples", ha="center", va="center")
     fig.suptitle("clean / adversarial (changed pixels in red)", fontsize=8)
     fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out.getvalue()
+    return png(fig)

@@ -13,30 +13,27 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_cli import Common, common_options, console
-from l0tre_core.api import evaluate
-from l0tre_core.driver import Budget
-from l0tre_core.errors import DataError, UsageError
-from l0tre_core.results import RunResult, atomic_write
-from l0tre_core.threat import ThreatModel
+from l0tre_cli.kit import SEARCH_PANEL, Common, InputProgress, common_options, console, search_options
+from l0tre_core import Budget, DataError, RunResult, ThreatModel, UsageError, atomic_write, evaluate
 from l0tre_design.compare import ModelBounds, claims, global_guarantee, rank
 from l0tre_design.figure import design_png
-from l0tre_cli.progress import InputProgress
 
-PANEL = "Search"
+PANEL = SEARCH_PANEL
 RANKING = "by global lower bound (proven), then global upper bound"
 
 
 @common_options
+@search_options(panel=PANEL)
 def design(
     common: Common,
     others: Annotated[Optional[list[Path]], typer.Argument(help="The other ONNX models to compare with MODEL (card options apply to all)", metavar="OTHERS...", show_default=False)] = None,
-    max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to enumerate or certify", rich_help_panel=PANEL)] = 2,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds per model (the same for each)", rich_help_panel=PANEL, show_default=False)] = None,
-    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
+    *,
+    max_t: int,
+    time_limit: Optional[float],
+    input_time_limit: Optional[float],
+    values: str,
+    score: str,
     lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto, sound, discrete or both", rich_help_panel=PANEL)] = "auto",
-    values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes in the enumeration: corners or grid:K", rich_help_panel=PANEL)] = "corners",
-    score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin or logit", rich_help_panel=PANEL)] = "margin",
     upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches (repeatable; default: every installed one; 'none' for none)", rich_help_panel=PANEL, show_default=False)] = None,
 ) -> None:
     budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)

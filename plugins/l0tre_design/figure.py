@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
+from l0tre_core import png, pyplot
 from l0tre_design.compare import ModelBounds
 
 
 def design_png(models: list[ModelBounds]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(models)
     x = np.arange(n)
     width = 0.38
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * n + 2), 3.8), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(max(4.5, 1.5 * n + 2), 3.8), dpi=100)
     lows = [m.lower for m in models]
     ups = [0.0 if m.upper is None else m.upper for m in models]
     bars_lo = ax.bar(x - width / 2, lows, width, label="global lower bound", color="#4c72b0")
@@ -37,7 +31,4 @@ def design_png(models: list[ModelBounds]) -> bytes:
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from l0tre_core import hookimpl
-from l0tre_core.contracts import DataFormat
+from l0tre_core import DataFormat, hookimpl
 from l0tre_formats.csvfile import CsvFormat
 from l0tre_formats.folder import FolderFormat
 from l0tre_formats.idxfile import IdxFormat

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from l0tre_core.errors import DataError
+from l0tre_core import DataError
 
 # What numpy and zipfile raise on malformed .npy/.npz bytes: a bad zip, a bad array header
 # (numpy re-tokenises old headers, hence TokenError), an unsupported compression method, an
@@ -39,8 +39,8 @@ def reason(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def data_error(path: Path | str, problem: str) -> DataError:
-    return DataError(f"{path}: {problem}")
+def data_error(path: Path | str, problem: str, field: str | None = None) -> DataError:
+    return DataError(f"{path}: {problem}", field=field)
 
 
 def as_labels(values: np.ndarray, source: Path | str) -> np.ndarray:

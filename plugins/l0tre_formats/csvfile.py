@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l0tre_core.contracts import RawData
+from l0tre_core import RawData
 from l0tre_formats._common import as_labels, data_error, read_labels, reason
 
 

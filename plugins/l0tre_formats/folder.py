@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l0tre_core.contracts import RawData
+from l0tre_core import RawData
 from l0tre_formats._common import data_error, reason
 
 # 8-bit modes only: Pillow's convert() clips 16-bit and float images to 0..255 instead of
@@ -62,7 +62,7 @@ class FolderFormat:
 
     def load(self, path: Path, labels: Path | None) -> RawData:
         if labels is not None:
-            raise data_error(path, "a folder takes its labels from its class folders; drop --labels")
+            raise data_error(path, "a folder takes its labels from its class folders; drop `labels`", "labels")
         try:
             classes = _class_folders(path)
             files = [

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from l0tre_core.contracts import RawData
+from l0tre_core import RawData
 from l0tre_formats._common import as_labels, data_error, read_labels, reason
 
 GZIP_MAGIC = b"\x1f\x8b"

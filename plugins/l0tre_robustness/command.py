@@ -10,30 +10,35 @@ from rich.markup import escape
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_cli import Common, common_options
-from l0tre_cli import console
-from l0tre_core.api import evaluate
-from l0tre_core.driver import Budget
-from l0tre_core.errors import CertificateContradiction, Interrupted, UsageError
-from l0tre_core.results import RunResult
-from l0tre_core.threat import ThreatModel
-from l0tre_cli.progress import InputProgress
+from l0tre_cli.kit import SEARCH_PANEL, Common, InputProgress, common_options, console, search_options
+from l0tre_core import (
+    CHECKPOINT_NAME,
+    Budget,
+    CertificateContradiction,
+    Interrupted,
+    RunResult,
+    ThreatModel,
+    UsageError,
+    evaluate,
+)
 
-PANEL = "Search"
+PANEL = SEARCH_PANEL
 
 
 @common_options
+@search_options(panel=PANEL)
 def robustness(
     common: Common,
-    max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to enumerate or certify", rich_help_panel=PANEL)] = 2,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Seconds for the whole run", rich_help_panel=PANEL, show_default=False)] = None,
-    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
+    *,
+    max_t: int,
+    time_limit: Optional[float],
+    input_time_limit: Optional[float],
+    values: str,
+    unit: str,
+    against: str,
+    score: str,
     certify_time: Annotated[float, typer.Option("--certify-time", help="Seconds of certificate splitting per input and level t >= 2 (t = 1 gets at least 60)", rich_help_panel=PANEL)] = 10.0,
     lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto (sound certificates where every operator is supported, enumeration over V where they fail), sound, discrete or both", rich_help_panel=PANEL)] = "auto",
-    values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes in the enumeration: corners or grid:K", rich_help_panel=PANEL)] = "corners",
-    unit: Annotated[str, typer.Option("--unit", help="What counts as one change: pixel (all its channels) or feature", rich_help_panel=PANEL)] = "pixel",
-    against: Annotated[str, typer.Option("--against", help="Reference label: the model's prediction or the ground-truth label", rich_help_panel=PANEL)] = "prediction",
-    score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin (ref minus best other) or logit (ref alone, as the original)", rich_help_panel=PANEL)] = "margin",
     upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches after the sensitivity search (repeatable; default: every installed one; 'none' for none)", rich_help_panel=PANEL, show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run checkpointed in --out", rich_help_panel=PANEL)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in an --out that holds an earlier run's checkpoint", rich_help_panel=PANEL)] = False,
@@ -77,9 +82,7 @@ def report(result: RunResult, common: Common, out: Path | None) -> None:
 
 def refuse_to_restart(out: Path | None) -> None:
     """Never start over an earlier run's checkpoint by accident."""
-    from l0tre_core.checkpoint import NAME
-
-    if out is not None and (out / NAME).is_file():
+    if out is not None and (out / CHECKPOINT_NAME).is_file():
         raise UsageError(
             f"--out {out} holds the checkpoint of an earlier run",
             hint="continue it with --resume, or start afresh with --overwrite",

@@ -12,25 +12,21 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_cli import Common, common_options, console
-from l0tre_core.api import pick_kernels
-from l0tre_core.driver import Budget
-from l0tre_core.errors import UsageError
-from l0tre_core.results import atomic_write
-from l0tre_core.search import SearchContext
-from l0tre_core.threat import ThreatModel
+from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
+from l0tre_core import CHUNK, SearchContext, ThreatModel, UsageError, atomic_write, pick_kernels
 from l0tre_saliency.figure import saliency_png
-from l0tre_cli.progress import InputProgress
 from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
 
 PANEL = "Saliency"
 
 
 @common_options
+@search_options(panel=PANEL)
 def saliency(
     common: Common,
-    values: Annotated[str, typer.Option("--values", help="Values V a pixel is set to: corners or grid:K", rich_help_panel=PANEL)] = "corners",
-    score: Annotated[str, typer.Option("--score", help="Score whose drop is the sensitivity: margin (ref minus best other) or logit (ref alone, as the original)", rich_help_panel=PANEL)] = "margin",
+    *,
+    values: str,
+    score: str,
     top: Annotated[int, typer.Option("--top", help="Most sensitive pixels listed per input", rich_help_panel=PANEL)] = 10,
 ) -> None:
     if top < 1:
@@ -48,7 +44,7 @@ def saliency(
     with InputProgress("saliency", len(data), quiet=common.quiet or common.format == "json") as steps:
         for pos in range(len(data)):
             started = time.monotonic()
-            ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), Budget().chunk)
+            ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), CHUNK)
             smap = saliency_map(ctx)
             maps.append(smap)
             label = None if data.y is None else int(data.y[pos])

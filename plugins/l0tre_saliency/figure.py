@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
+
+from l0tre_core import png, pyplot
 
 MAX_SHOWN = 16
 PER_ROW = 4  # inputs per row of the grid (two panels each)
@@ -13,15 +14,10 @@ PER_ROW = 4  # inputs per row of the grid (two panels each)
 
 def saliency_png(images: np.ndarray, maps: np.ndarray, titles: list[str], value_range: tuple[float, float]) -> bytes:
     """PNG bytes for up to 16 inputs: ``images [N, H, W, C]`` (data space), ``maps [N, H, W]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = min(len(images), MAX_SHOWN)
     cols = min(n, PER_ROW) if n else 1
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.4 * 2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    fig, axes = pyplot().subplots(rows, 2 * cols, figsize=(2.4 * 2 * cols, 2.6 * rows), dpi=100, squeeze=False)
     lo, hi = value_range
     for ax in axes.ravel():
         ax.axis("off")
@@ -38,7 +34,4 @@ def saliency_png(images: np.ndarray, maps: np.ndarray, titles: list[str], value_
         ax_map.set_title("sensitivity", fontsize=8)
         fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

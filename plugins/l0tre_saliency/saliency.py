@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.bounds import score
-from l0tre_core.search import SearchContext
+from l0tre_core import SearchContext, score
 
 
 @dataclass

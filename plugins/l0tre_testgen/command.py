@@ -15,28 +15,24 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_cli import Common, common_options, console
-from l0tre_core.api import pick_kernels
-from l0tre_core.driver import Budget
-from l0tre_core.errors import UsageError
-from l0tre_core.results import atomic_write
-from l0tre_core.search import SearchContext
-from l0tre_core.threat import ThreatModel
+from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
+from l0tre_core import Budget, SearchContext, ThreatModel, UsageError, atomic_write, pick_kernels
 from l0tre_testgen.coverage import coverage_report
 from l0tre_testgen.generate import TestCase, generate
-from l0tre_cli.progress import InputProgress
 
 PANEL = "Test generation"
 
 
 @common_options
+@search_options(panel=PANEL)
 def testgen(
     common: Common,
-    max_t: Annotated[int, typer.Option("--max-t", help="Largest subset size t to sweep (cost per input: C(pixels, t) x |V|^t)", rich_help_panel=PANEL)] = 1,
+    *,
+    max_t: int,
+    input_time_limit: Optional[float],
+    values: str,
+    score: str,
     per_input: Annotated[int, typer.Option("--per-input", help="Most test cases kept per input", rich_help_panel=PANEL)] = 4,
-    input_time_limit: Annotated[Optional[float], typer.Option("--input-time-limit", help="Seconds per input", rich_help_panel=PANEL, show_default=False)] = None,
-    values: Annotated[str, typer.Option("--values", help="Values V a changed pixel takes: corners or grid:K", rich_help_panel=PANEL)] = "corners",
-    score: Annotated[str, typer.Option("--score", help="Sensitivity score: margin or logit", rich_help_panel=PANEL)] = "margin",
     coverage: Annotated[bool, typer.Option("--coverage/--no-coverage", help="Measure ReLU neuron coverage of the clean and generated sets", rich_help_panel=PANEL)] = True,
 ) -> None:
     budget = Budget(max_t=max_t, input_time_limit=input_time_limit)  # validates both

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l0tre_core.bounds import Witness
-from l0tre_core.search import SearchContext
+from l0tre_core import SearchContext, Witness
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from l0tre_cli import Common, common_options
+from l0tre_cli.kit import Common, common_options
 from l0tre_core import hookimpl
 
 __version__ = "0.0.1"

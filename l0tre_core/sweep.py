@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.bounds import Witness, flips, score
+from l0tre_core.witness import Witness, flips, score
 from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
 from l0tre_core.threat import ThreatModel
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.bounds import Witness, flips
+from l0tre_core import Witness, flips
 
 DEFAULT_QUERIES = 2000  # model evaluations per call (per input, per driver level)
 DEFAULT_BATCH = 32  # candidates per model call

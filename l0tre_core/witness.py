@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-GUARANTEES = ("sound", "discrete", "none")
 
 
 def score(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = False) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.bounds import Witness
+from l0tre_core.witness import Witness
 from l0tre_core.contracts import Certificate
 
 CHECK_POINTS = 300  # perturbed points around the first input

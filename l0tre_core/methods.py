@@ -4,7 +4,7 @@ It is registered by every plugin host (it cannot be blocked): the engine needs a
 methods are registered and selected by name exactly as a third party's would be:
 
 - ``discrete`` (lower): L0-TRE's exhaustive enumeration of every t-subset and every assignment of V;
-- ``sound`` (lower): bound propagation over the ONNX graph (``l0tre_core/sound.py``);
+- ``sound`` (lower): bound propagation over the ONNX graph (``l0tre_core/certifier.py``);
 - ``sensitivity`` (upper): L0-TRE's cumulative union of the most sensitive subsets, tightened.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from l0tre_core import __version__, hookimpl
-from l0tre_core.bounds import Witness
+from l0tre_core.witness import Witness
 from l0tre_core.contracts import Certificate
 from l0tre_core.tensors import NumpyKernels
 
@@ -60,7 +60,7 @@ class BoundPropagation:
         return None
 
     def prepare(self, classifier: Any, x: np.ndarray, threat: Any, seed: int) -> Any:
-        from l0tre_core.sound import SoundCertifier
+        from l0tre_core.certifier import SoundCertifier
 
         return SoundCertifier(classifier, x, threat, seed)
 
