@@ -10,7 +10,23 @@ object's unique ``name``:
   ``prepare`` returns a per-run ``Certifier``) and ``UpperBoundMethod`` searches (``--upper NAME``).
 
 The engine calls nothing these contracts do not declare. ``check(kind, obj)`` runs when an object
-is registered and names what is missing.
+is registered and names what is missing (``l0tre plugins`` builds every registry, so it checks
+every installed object).
+
+What a bound method is handed:
+
+- ``ctx``, a ``SearchContext`` (one input): ``ctx.x_units [U, C]`` (the clean input, one row per
+  unit), ``ctx.ref``, ``ctx.values`` (V, ``[|V|, C]``), ``ctx.encoder.n_units``/``channels``,
+  ``ctx.chunk`` (evaluations per model call group), ``ctx.run_changes(units, values)`` (outputs
+  of many changed copies at once), ``ctx.level(t, deadline)`` (L0-TRE's step at level t: the
+  sweep over V, its verified flip, ``.union()``), ``ctx.verify(witness)``, ``ctx.tighten(witness)``;
+- ``state``, a ``SampleState``: ``lower``, ``upper``, ``witness``, ``settled``;
+- witnesses are ``Witness(units, values)``; build them with ``Witness.between(ctx.x_units, adv)``
+  so that a unit set to its own clean value is not counted (the engine recounts every witness
+  that way and verifies it in the model before keeping it).
+
+Levels are asked in order t = 1, 2, ... and a level is asked only when every smaller one was
+proven, so ``proven`` at level t means "no change of at most t units flips the label".
 """
 
 from __future__ import annotations

@@ -61,8 +61,9 @@ def global_bounds(states: Iterable[SampleState]) -> tuple[float, float | None]:
 class LowerBounds:
     """The lower-bound methods of a run, each with its per-run ``Certifier``, in order.
 
-    ``first_proof``: stop at the first method that proves a level (``auto``: the sound certifier,
-    then the enumeration only where it does not prove); otherwise every method runs (``both``)."""
+    ``first_proof``: stop at the first sound proof of a level (``auto``: the sound certifier, then
+    the enumeration only where it does not prove; at t = 1 the cheap enumeration first, to refute
+    before proving); otherwise every method runs (``both``)."""
 
     methods: list[tuple[Any, Any]] = field(default_factory=list)
     first_proof: bool = True
@@ -176,8 +177,8 @@ class Driver:
         finally:
             if not interrupted:
                 account()
-        if state.settled or state.level >= self.budget.max_t:
-            state.finished = True
+        if (state.settled or state.level >= self.budget.max_t) and not state.finished:
+            state.finished = True  # settled without a step of its own (e.g. a resumed input)
             self._emit(pos, state)
 
     def _level(self, ctx: SearchContext, t: int, state: SampleState, deadline: float | None,
@@ -186,18 +187,20 @@ class Driver:
         ``phase`` announces each phase as it starts."""
         finished = True
         proven = False
-        for method, certifier in self.lower.methods:
-            if state.settled or (proven and self.lower.first_proof):
-                break
+        for method, certifier in self._order(t):
+            if state.settled or (proven and self.lower.first_proof) or (state.upper is not None and state.upper <= t):
+                break  # (a witness of at most t units: no method can prove this level)
             if method.guarantee == "sound" and state.lower_sound > t:
                 continue  # proven at this level before (a resumed input)
             phase("certify" if method.guarantee == "sound" else "sweep")
             cert = certifier.certify(ctx, t, self._certify_deadline(method, t, deadline))
             if cert.status == "proven":
                 state.raise_lower(t + 1, method.guarantee)
-                proven = True
-            elif cert.status == "refuted" and cert.witness is not None and ctx.verify(cert.witness):
-                state.offer(ctx.tighten(cert.witness) if cert.witness.size > 1 else cert.witness)
+                proven = method.guarantee == "sound"  # nothing proves more; a discrete proof may yet be made sound
+            elif cert.status == "refuted" and cert.witness is not None:
+                w = Witness.between(ctx.x_units, cert.witness.apply(ctx.x_units))  # counted as the engine counts
+                if ctx.verify(w):
+                    state.offer(ctx.tighten(w) if w.size > 1 else w)
             elif cert.status == "band":
                 state.float32_band = t
             elif cert.status == "timeout":
@@ -223,6 +226,16 @@ class Driver:
         sens = ctx.sensitivities.get(t)
         if sens is not None and sens.complete and sens.flip is None:
             state.raise_lower(t + 1, "discrete")
+
+    def _order(self, t: int) -> list[tuple[Any, Any]]:
+        """The lower-bound methods for level t. ``auto`` refutes before it proves where that is
+        cheap: at t = 1 the enumeration over V (a few thousand evaluations) runs before the
+        certifier, which then only runs where no single unit flips the label."""
+        methods = self.lower.methods
+        if t == 1 and self.lower.first_proof and len(methods) > 1:
+            cheap = [m for m in methods if m[0].guarantee == "discrete"]
+            return cheap + [m for m in methods if m[0].guarantee != "discrete"]
+        return methods
 
     def _certify_deadline(self, method: Any, t: int, deadline: float | None) -> float | None:
         """Sound certificates split for ``certify_time`` per level (t = 1, complete by one box per

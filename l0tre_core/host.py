@@ -73,7 +73,10 @@ class PluginHost:
         return found
 
     def plugin_info(self) -> list[dict[str, Any]]:
-        """Name, distribution, version and implemented hooks of every registered plugin."""
+        """Name, distribution, version, implemented hooks and registered objects of every plugin
+        (building every registry checks every registered object against its contract)."""
+        for kind in REGISTRY_HOOKS:
+            self.registry(kind)
         dists = {id(plugin): dist for plugin, dist in self.pm.list_plugin_distinfo()}
         out = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda kv: kv[0]):
@@ -81,6 +84,8 @@ class PluginHost:
                 continue
             dist = dists.get(id(plugin))
             hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+            provides = sorted(f"{kind[:-1].replace('_', ' ')} {obj_name}" for kind in REGISTRY_HOOKS
+                              for obj_name, (_, owner) in self._registries[kind].items() if owner == name)
             out.append(
                 {
                     "name": name,
@@ -88,6 +93,7 @@ class PluginHost:
                     "distribution": dist.metadata["name"] if dist is not None else None,
                     "version": dist.version if dist is not None else _module_version(plugin),
                     "hooks": hooks,
+                    "provides": provides,
                 }
             )
         return out

@@ -42,10 +42,10 @@ class Enumeration:
         return None
 
     def certify(self, ctx: Any, t: int, deadline: float | None) -> Certificate:
-        sens = ctx.sweep(t, deadline)
-        if sens.flip is not None:
-            return Certificate("refuted", Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units)))
-        return Certificate("proven" if sens.complete else "timeout")
+        step = ctx.level(t, deadline)
+        if step.flip is not None:
+            return Certificate("refuted", step.flip)
+        return Certificate("proven" if step.proven_over_v else "timeout")
 
 
 class BoundPropagation:
@@ -71,21 +71,15 @@ class SensitivityUnion:
     description = "L0-TRE's cumulative union of the most sensitive subsets, then tightening"
 
     def improve(self, ctx: Any, state: Any, t: int, deadline: float | None, rng: np.random.Generator) -> Witness | None:
-        sens = ctx.sensitivities.get(t)
-        if sens is None:
-            # the level's ranking: always at t = 1 (other searches draw on it), and at higher
-            # levels while there is no witness at all
-            if t != 1 and state.upper is not None:
-                return None
-            sens = ctx.sweep(t, deadline)
-            if sens.flip is not None:
-                flip = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
-                if ctx.verify(flip):
-                    return ctx.tighten(flip) if flip.size > 1 else flip
-        if state.settled or not len(sens.subsets):
+        fresh = t not in ctx.levels
+        if fresh and t != 1 and state.upper is not None:
+            # the level's step is the enumeration's; take it here only at t = 1 (other searches
+            # draw on its ranking) or while there is no witness at all
             return None
-        w = ctx.cumulative_union(sens)
-        return None if w is None else ctx.tighten(w)
+        step = ctx.level(t, deadline)
+        if fresh and step.flip is not None:
+            return ctx.tighten(step.flip) if step.flip.size > 1 else step.flip
+        return None if state.settled else step.union()
 
 
 @hookimpl

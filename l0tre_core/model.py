@@ -69,8 +69,7 @@ class Classifier:
         """Where units sit in the flat model input, for writing perturbations in model space."""
         from l0tre_core.tensors import make_encoder
 
-        scale, shift = self.affine()
-        return make_encoder(self.geometry, scale, shift, unit)
+        return make_encoder(self.geometry, self._mean, self._std, unit)
 
     def flat_input(self, xc: Any) -> Any:
         """Canonical data-space samples ``[N, P, C]`` as flat model inputs ``[N, D]``."""

@@ -31,6 +31,42 @@ class Sensitivity:
     evaluated: int
 
 
+class Level:
+    """L0-TRE's step at one level t for one input: the sweep over V, the flipping assignment it met
+    (verified, counted against the clean input), and, on demand, the cumulative union of the most
+    sensitive subsets, tightened and verified. The engine's methods and every application read
+    their results from here; they differ only in what they do with them."""
+
+    def __init__(self, ctx: "SearchContext", sens: Sensitivity) -> None:
+        self.ctx = ctx
+        self.sensitivity = sens
+        self.t = sens.t
+        flip = None
+        if sens.flip is not None:
+            # recount against the clean input: a value of V may equal the pixel's own value
+            flip = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
+            if flip.size == 0 or not ctx.verify(flip):
+                flip = None
+        self.flip: Witness | None = flip
+        self._union: Witness | None | bool = False  # False: not computed yet
+
+    @property
+    def proven_over_v(self) -> bool:
+        """Every assignment of V to every t-subset was evaluated and none flips the label."""
+        return self.sensitivity.complete and self.sensitivity.flip is None
+
+    def union(self) -> Witness | None:
+        """The cumulative union of the ranked subsets, tightened, if it flips (verified)."""
+        if self._union is False:
+            w = self.ctx.cumulative_union(self.sensitivity) if len(self.sensitivity.subsets) else None
+            if w is not None:
+                w = self.ctx.tighten(w)
+                if not self.ctx.verify(w):
+                    w = None
+            self._union = w
+        return self._union  # type: ignore[return-value]
+
+
 class SearchContext:
     """Everything the search needs about one input, prepared once."""
 
@@ -50,6 +86,7 @@ class SearchContext:
         clean = classifier.run_flat(self.base[None])
         self.clean_score = float(self.score(clean)[0])
         self.sensitivities: dict[int, Sensitivity] = {}  # the latest sweep of each level, for other searches
+        self.levels: dict[int, Level] = {}  # the step of each level, once taken
         self._buffer: Any = None  # reused perturbation batch, clean except at _dirty
         self._dirty: Any = None
 
@@ -82,6 +119,15 @@ class SearchContext:
         return bool(flips(out, self.ref)[0])
 
     # --- level-t sweep ----------------------------------------------------------------------------
+
+    def level(self, t: int, deadline: float | None) -> Level:
+        """The L0-TRE step at level ``t`` (taken once; a step cut short by the deadline is
+        taken again when asked again)."""
+        step = self.levels.get(t)
+        if step is None or not (step.sensitivity.complete or step.sensitivity.flip is not None):
+            step = Level(self, self.sweep(t, deadline))
+            self.levels[t] = step
+        return step
 
     def sweep(self, t: int, deadline: float | None, top_k: int = TOP_K) -> Sensitivity:
         result = self._sweep(t, deadline, top_k)

@@ -52,12 +52,22 @@ class Encoder:
     """Where each unit's scalars sit in the flattened model input, and data -> model values.
 
     ``positions[u, c]`` is the flat model-input position of channel c of unit u; a data-space
-    value v there becomes ``scale[u, c] * v + shift[u, c]`` in model space.
+    value v there becomes ``(v - mean[u, c]) / std[u, c]`` in model space, computed in float32
+    exactly as ``Classifier.model_input`` computes it (one normalisation, one rounding).
     """
 
     positions: np.ndarray  # [U, Cu] int64
-    scale: np.ndarray  # [U, Cu] float32
-    shift: np.ndarray  # [U, Cu] float32
+    mean: np.ndarray  # [U, Cu] float32
+    std: np.ndarray  # [U, Cu] float32
+
+    @property
+    def scale(self) -> np.ndarray:
+        """``1 / std`` in float64: the exact affine map, for bound propagation."""
+        return 1.0 / self.std.astype(np.float64)
+
+    @property
+    def shift(self) -> np.ndarray:
+        return -self.mean.astype(np.float64) / self.std.astype(np.float64)
 
     @property
     def n_units(self) -> int:
@@ -72,19 +82,19 @@ class Encoder:
         data-space ``values [B, t, Cu]``."""
         b = units.shape[0]
         pos = self.positions[units].reshape(b, -1)
-        val = (values * self.scale[units] + self.shift[units]).astype(np.float32).reshape(b, -1)
+        val = ((np.asarray(values, np.float32) - self.mean[units]) / self.std[units]).reshape(b, -1)
         return pos, val
 
 
-def make_encoder(geometry: Any, scale: np.ndarray, shift: np.ndarray, unit: str) -> Encoder:
-    """The encoder of a model geometry with per-channel affine normalisation, by unit."""
+def make_encoder(geometry: Any, mean: np.ndarray, std: np.ndarray, unit: str) -> Encoder:
+    """The encoder of a model geometry with per-channel normalisation ``(v - mean) / std``, by unit."""
     p, c = geometry.n_pixels, geometry.n_channels
     canon_of_model = geometry.to_model(np.arange(p * c).reshape(1, p, c)).reshape(-1)
     model_of_canon = np.empty(p * c, np.int64)
     model_of_canon[canon_of_model] = np.arange(p * c)
     positions = model_of_canon.reshape(p, c)
-    sc = np.broadcast_to(np.asarray(scale, np.float32), (p, c))
-    sh = np.broadcast_to(np.asarray(shift, np.float32), (p, c))
+    sc = np.broadcast_to(np.asarray(mean, np.float32), (p, c))
+    sh = np.broadcast_to(np.asarray(std, np.float32), (p, c))
     if unit == "feature":
         return Encoder(positions.reshape(-1, 1), sc.reshape(-1, 1).copy(), sh.reshape(-1, 1).copy())
     return Encoder(positions, sc.copy(), sh.copy())

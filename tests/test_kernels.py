@@ -36,7 +36,7 @@ def test_numpy_kernel_matches_the_loop(d: int, b: int, m: int, seed: int) -> Non
 @pytest.mark.parametrize("layout,shape", [("nchw", (None, 3, 2, 4)), ("nhwc", (None, 2, 4, 3)), ("flat", (None, 24))])
 def test_encoder_writes_every_channel_of_a_pixel_where_the_layout_puts_it(layout, shape) -> None:
     g = geometry_for(shape, layout, 3 if layout == "flat" else None)
-    enc = make_encoder(g, np.ones(g.n_channels), np.zeros(g.n_channels), "pixel")
+    enc = make_encoder(g, np.zeros(g.n_channels), np.ones(g.n_channels), "pixel")
     rng = np.random.default_rng(0)
     x = rng.random((1, g.n_pixels, g.n_channels), dtype=np.float32)
     base = g.to_model(x).reshape(-1)

@@ -86,11 +86,12 @@ def plugins(
             console.print_json(rows)
             return
         table = Table(show_edge=False)
-        for col in ("name", "version", "distribution", "hooks"):
+        for col in ("name", "version", "distribution", "hooks", "provides"):
             table.add_column(col)
         for row in rows:
             hooks = ", ".join(h.removeprefix("l0tre_") for h in row["hooks"])
-            table.add_row(row["name"], row["version"] or "-", row["distribution"] or "(local)", hooks)
+            table.add_row(row["name"], row["version"] or "-", row["distribution"] or "(local)", hooks,
+                          ", ".join(row["provides"]))
         console.out.print(table)
 
     run_guarded(body, fmt=format)

@@ -115,19 +115,10 @@ def attack_input(ctx: SearchContext, search: RandomSearch, rng: np.random.Genera
                  budget: int) -> tuple[Witness | None, int | None, int, str | None]:
     """Sensitivity search, union and tightening, then random search; the best verified example,
     the size after the sensitivity stage, the lower bound over V and which stage found it."""
-    sens = ctx.sweep(1, deadline)
-    lower = 1
-    w: Witness | None = None
-    if sens.flip is not None:
-        w = Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))
-    elif sens.complete:
-        lower = 2
-    if w is None and len(sens.subsets):
-        union = ctx.cumulative_union(sens)
-        if union is not None:
-            w = ctx.tighten(union)
-    if w is not None and not ctx.verify(w):
-        w = None
+    step = ctx.level(1, deadline)
+    sens = step.sensitivity
+    lower = 2 if step.proven_over_v else 1
+    w: Witness | None = step.flip if step.flip is not None else step.union()
     l0_sens = None if w is None else w.size
     found_by = None if w is None else "sensitivity"
     if budget > 0 and (w is None or w.size > lower):

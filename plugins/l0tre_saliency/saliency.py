@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from l0tre_core import SearchContext, score
+from l0tre_core import flips as flips_of
 
 
 @dataclass
@@ -75,7 +76,7 @@ def single_pixel_scores(ctx: SearchContext, pixels: np.ndarray) -> tuple[np.ndar
         arg = s.argmin(axis=1)
         mins.append(s[np.arange(m), arg])
         worst.append(values[arg])
-        flips.append((np.argmax(out, axis=1) != ctx.ref).reshape(m, nv).any(axis=1))
+        flips.append(flips_of(out, ctx.ref).reshape(m, nv).any(axis=1))  # NaN rows are no flip, as in the engine
     return np.concatenate(mins), np.concatenate(worst), np.concatenate(flips)
 
 

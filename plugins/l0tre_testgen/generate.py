@@ -37,18 +37,11 @@ def generate(ctx: SearchContext, max_t: int, per_input: int, deadline: float | N
     for t in range(1, max_t + 1):
         if deadline is not None and time.monotonic() > deadline:
             break
-        sens = ctx.sweep(t, deadline)
-        candidates: list[tuple[str, Witness]] = []
-        if sens.flip is not None:
-            # recount against the clean image: a value of V may equal the pixel's own value
-            candidates.append(("sweep", Witness.between(ctx.x_units, sens.flip.apply(ctx.x_units))))
-        if len(sens.subsets):
-            union = ctx.cumulative_union(sens)
-            if union is not None:
-                candidates.append(("union", ctx.tighten(union)))
+        step = ctx.level(t, deadline)
+        candidates = [(source, w) for source, w in (("sweep", step.flip), ("union", step.union())) if w is not None]
         for source, w in candidates:
             key = (w.units.tobytes(), w.values.tobytes())
-            if w.size == 0 or key in seen or not ctx.verify(w):
+            if key in seen:
                 continue
             seen.add(key)
             out = ctx.classifier.outputs(ctx.units_image(w.apply(ctx.x_units))[None])
