@@ -1,0 +1,210 @@
+"""Boxes with few free scalars: the leaves of the search (NumPy, float64).
+
+``Boxes`` — a box where only a few scalars ``S`` (F of them) are free and everything else equals
+``x0`` (one pixel free for t = 1). ``box_bounds`` bounds the margins over each box: forward-mode
+linear bounds in the F free scalars (cheap: F + 1 rows per neuron) for the intermediate neurons,
+and backward CROWN (``certify/bounds.py``) for the specification, with the input layer restricted
+to the free columns (``BoxInput``). Sound for the network evaluated in float32, as every bound of
+``certify/bounds.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
+from l0tre_core.certify.network import apply_mat, cols_of
+from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval
+from l0tre_core.certify.problem import Problem
+
+
+@dataclass
+class BoxInput:
+    """Restrict the input to ``x0`` plus free scalars ``S [B, F]`` moving by ``delta`` in a box."""
+
+    S: np.ndarray  # [B, F] scalar indices (padding: index 0 with zero width)
+    dlo: np.ndarray  # [B, F]
+    dhi: np.ndarray  # [B, F]
+
+
+@dataclass
+class Boxes:
+    S: np.ndarray  # [B, F] free scalar indices (padding: -1, with dlo = dhi = 0)
+    dlo: np.ndarray  # [B, F]
+    dhi: np.ndarray  # [B, F]
+    depth: np.ndarray  # [B] int
+
+    def __len__(self) -> int:
+        return int(self.S.shape[0])
+
+    def take(self, idx: Any) -> "Boxes":
+        return Boxes(self.S[idx], self.dlo[idx], self.dhi[idx], self.depth[idx])
+
+    @staticmethod
+    def concat(parts: list["Boxes"]) -> "Boxes":
+        f = max(p.S.shape[1] for p in parts)
+
+        def pad(x: np.ndarray, v: float) -> np.ndarray:
+            if x.shape[1] == f:
+                return x
+            return np.concatenate([x, np.full((x.shape[0], f - x.shape[1]), v, dtype=x.dtype)], axis=1)
+
+        return Boxes(
+            np.concatenate([pad(p.S, -1) for p in parts]),
+            np.concatenate([pad(p.dlo, 0.0) for p in parts]),
+            np.concatenate([pad(p.dhi, 0.0) for p in parts]),
+            np.concatenate([p.depth for p in parts]),
+        )
+
+    def points(self, prob: Problem, delta: np.ndarray) -> np.ndarray:
+        """Model inputs ``[B, D]`` for offsets ``delta [B, F]`` (padding entries ignored)."""
+        x = np.broadcast_to(prob.x0, (len(self), prob.x0.size)).copy()
+        real = self.S >= 0
+        rows = np.broadcast_to(np.arange(len(self))[:, None], self.S.shape)
+        sc = self.S[real]
+        # clipped into the valid range: x0 + (hi - x0) may round past hi
+        x[rows[real], sc] = np.clip(prob.x0[sc] + delta[real], prob.lo[sc], prob.hi[sc])
+        return x
+
+
+def _lin_lower(rows: np.ndarray, dlo: np.ndarray, dhi: np.ndarray) -> np.ndarray:
+    """``rows [B, F+1, D]`` (last row constant) -> least value over the delta box ``[B, D]``."""
+    co = rows[:, :-1, :]
+    return rows[:, -1, :] + np.minimum(co * dlo[:, :, None], co * dhi[:, :, None]).sum(axis=1)
+
+
+def _lin_upper(rows: np.ndarray, dlo: np.ndarray, dhi: np.ndarray) -> np.ndarray:
+    co = rows[:, :-1, :]
+    return rows[:, -1, :] + np.maximum(co * dlo[:, :, None], co * dhi[:, :, None]).sum(axis=1)
+
+
+def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower bounds ``[B, K-1]`` of the margins over each box, and the coefficients ``[B, K-1, F]``
+    of the best forward-mode linear lower bound (a hint towards the worst corner)."""
+    net = prob.net
+    nodes = net.nodes
+    b, f = boxes.S.shape
+    real = boxes.S >= 0
+    S = np.where(real, boxes.S, 0)
+    dlo = np.where(real, boxes.dlo, 0.0)
+    dhi = np.where(real, boxes.dhi, 0.0)
+    # interval of the input
+    xl = np.broadcast_to(prob.x0, (b, prob.x0.size)).copy()
+    xu = xl.copy()
+    rows_idx = np.broadcast_to(np.arange(b)[:, None], S.shape)
+    xl[rows_idx[real], S[real]] += dlo[real]
+    xu[rows_idx[real], S[real]] += dhi[real]
+    bounds: list[Any] = [None] * len(nodes)
+    bounds[0] = (xl, xu)
+    L: dict[int, np.ndarray] = {}
+    U: dict[int, np.ndarray] = {}
+    rx = _Relax(net, bounds)
+    last = net.last_use
+    for j in range(1, len(nodes)):
+        nd = nodes[j]
+        if nd.kind == "linear":
+            lo_rows = np.zeros((b, f + 1, nd.size))
+            lo_rows[:, -1, :] = nd.bias
+            up_rows = lo_rows.copy()
+            cen = np.broadcast_to(nd.bias, (b, nd.size)).copy()
+            rad = np.zeros((b, nd.size))
+            for i, (p, w) in enumerate(zip(nd.parents, nd.mats)):
+                il, iu = bounds[p]
+                if p == 0:
+                    if w is None:
+                        cols = np.zeros((b, f, nd.size))
+                        cols[np.arange(b)[:, None], np.arange(f)[None, :], S] = real.astype(np.float64)
+                        const = prob.x0
+                    else:
+                        cols = np.transpose(cols_of(w, S), (1, 2, 0)) * real[:, :, None]
+                        const = prob.input_term(j, i)
+                    lo_rows[:, :-1, :] += cols
+                    up_rows[:, :-1, :] += cols
+                    lo_rows[:, -1, :] += const
+                    up_rows[:, -1, :] += const
+                    # the exact interval of this term, from the few free columns
+                    cen += const + np.einsum("bfd,bf->bd", cols, 0.5 * (dlo + dhi))
+                    rad += np.einsum("bfd,bf->bd", np.abs(cols), 0.5 * (dhi - dlo))
+                    continue
+                lp, up = L[p], U[p]
+                if w is None:
+                    lo_rows += lp
+                    up_rows += up
+                    cen += 0.5 * (il + iu)
+                    rad += 0.5 * (iu - il)
+                    continue
+                # L W+ + U W- = M W - R |W|,  U W+ + L W- = M W + R |W|  (M, R: mid, half-gap rows)
+                # and the interval bound in the same two products
+                mid = np.concatenate([0.5 * (lp + up), 0.5 * (il + iu)[:, None, :]], axis=1)
+                gap = np.concatenate([0.5 * (up - lp), 0.5 * (iu - il)[:, None, :]], axis=1)
+                mw = apply_mat(mid, w)
+                rw = apply_mat(gap, nd.mat_abs(i))
+                lo_rows += mw[:, :-1] - rw[:, :-1]
+                up_rows += mw[:, :-1] + rw[:, :-1]
+                cen += mw[:, -1]
+                rad += rw[:, -1]
+            eps = prob.rounding(j)
+            if eps is not None:
+                lo_rows[:, -1, :] -= eps
+                up_rows[:, -1, :] += eps
+                rad = rad + eps
+            L[j], U[j] = lo_rows, up_rows
+            if j != net.output:
+                l = np.maximum(cen - rad, _lin_lower(lo_rows, dlo, dhi))
+                u = np.minimum(cen + rad, _lin_upper(up_rows, dlo, dhi))
+                bounds[j] = (l, np.maximum(u, l))
+        elif nd.kind == "maxpool":
+            p = nd.parents[0]
+            l, u = bounds[p]
+            bounds[j] = nonlinear_interval(nd, l, u)
+            pr: PoolRelax = rx.get(j)
+            gi = np.broadcast_to(pr.istar[:, None, :], (b, f + 1, nd.size))
+            L[j] = np.take_along_axis(L[p], gi, axis=2)
+            ux = np.take_along_axis(U[p], gi, axis=2)
+            const = np.zeros_like(ux)
+            const[:, -1, :] = pr.ub
+            U[j] = np.where(pr.exact[:, None, :], ux, const)
+        else:
+            p = nd.parents[0]
+            l, u = bounds[p]
+            bounds[j] = nonlinear_interval(nd, l, u)
+            sl, bl, su, bu = rx.get(j)
+            lp, up = L[p], U[p]
+            lo_rows = np.maximum(sl, 0)[:, None, :] * lp + np.minimum(sl, 0)[:, None, :] * up
+            up_rows = np.maximum(su, 0)[:, None, :] * up + np.minimum(su, 0)[:, None, :] * lp
+            lo_rows[:, -1, :] += bl
+            up_rows[:, -1, :] += bu
+            L[j], U[j] = lo_rows, up_rows
+            # tighten with the forward-mode rows
+            nl, nu = bounds[j]
+            l2 = np.maximum(nl, _lin_lower(lo_rows, dlo, dhi))
+            u2 = np.maximum(np.minimum(nu, _lin_upper(up_rows, dlo, dhi)), l2)
+            bounds[j] = (l2, u2)
+        for p in nd.parents:
+            if last[p] == j and p != 0:
+                L.pop(p, None)
+                U.pop(p, None)
+    out = net.output
+    lo_out, up_out = L[out], U[out]
+    others = [k for k in range(net.n_outputs) if k != ref]
+    rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
+    fwd = _lin_lower(rows, dlo, dhi)
+    hint = np.transpose(rows[:, :-1, :], (0, 2, 1))
+    # backward CROWN on the specification, with the intermediate bounds just found
+    undecided = (fwd <= 0).any(axis=1)
+    lb = fwd
+    if undecided.any():
+        sel = np.nonzero(undecided)[0]
+        sub = [(bounds[i][0][sel], bounds[i][1][sel]) if bounds[i] is not None else None for i in range(len(nodes))]
+        rx2 = _Relax(net, sub)
+        c = spec_matrix(net.n_outputs, ref)
+        bi = BoxInput(S[sel], dlo[sel], dhi[sel])
+        blb, _ = backward(prob, rx2, out, c[None], None, sel.size, box=bi)
+        lb = fwd.copy()
+        lb[sel] = np.maximum(fwd[sel], blb)
+    if not prob.exact_arithmetic:
+        lb = lb - prob.final_slack
+    return lb, hint

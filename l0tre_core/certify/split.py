@@ -1,0 +1,315 @@
+"""The search behind ``certify`` (``certify/search.py``): ``_Search``.
+
+- t = 1: every single-pixel box bounded in one batch (``box_bounds``), undecided boxes bisected
+  along their widest free scalar (``_process_boxes``, ``_drain_boxes``);
+- t >= 2: branch and bound over pixels ("p unchanged" versus "p changed, budget t - 1") on
+  generalised domains (``spec_bounds``), domains whose budget reaches 0 becoming boxes;
+- t = 2: every pair of pixels as a box (``_run_pairs``) once branch and bound has used its share
+  of the time.
+
+The attacks are the mixin ``_Attacks`` (``certify/attacks.py``). The tuning constants live in
+``certify/search.py`` and are read through it (``knobs``) when used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from l0tre_core.certify import search as knobs
+from l0tre_core.certify._types import Verdict
+from l0tre_core.certify.attacks import _Attacks
+from l0tre_core.certify.bounds import spec_bounds
+from l0tre_core.certify.boxes import Boxes, box_bounds
+from l0tre_core.certify.problem import Domains, Problem, pixel_terms
+from l0tre_core.certify.search import _Timer
+
+
+class _Search(_Attacks):
+    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer, band: Callable[[], np.ndarray]) -> None:
+        self.prob = prob
+        self._band_of = band
+        self._band: np.ndarray | None = None
+        self.gave_up_band = 0
+        self.net = prob.net
+        self.ref = ref
+        self.t = t
+        self.timer = timer
+        self.witness: np.ndarray | None = None
+        self.n_boxes = 0
+        self.n_domains = 0
+        self.gave_up = 0
+
+    @property
+    def band(self) -> np.ndarray:
+        """``[K-1]``: what the float32 terms cost each one-pass margin bound (computed when needed)."""
+        if self._band is None:
+            self._band = self._band_of()
+        return self._band
+
+    def verdict(self, detail: str) -> Verdict:
+        if self.witness is not None:
+            return Verdict("refuted", self.witness, self.timer.elapsed(), detail)
+        return Verdict("unknown", None, self.timer.elapsed(), detail, band=self.gave_up_band > 0)
+
+    def settled(self, detail: str) -> Verdict:
+        """The verdict once the search has run out of work: proven unless boxes were given up."""
+        if self.gave_up:
+            detail += f", {self.gave_up} boxes undecided at depth {knobs.MAX_DEPTH}"
+        if self.gave_up_band:
+            detail += f", {self.gave_up_band} boxes inside the float32 band"
+        if self.gave_up or self.gave_up_band:
+            return self.verdict(detail)
+        return Verdict("proven", None, self.timer.elapsed(), detail)
+
+    # -- entry ------------------------------------------------------------------------------------
+    def run(self, lb: np.ndarray, a_in: np.ndarray | None) -> Verdict:
+        if self.t == 1:
+            return self._run_t1()
+        return self._run_bnb(lb, a_in)
+
+    def _pixel_boxes(self, pixels: np.ndarray) -> Boxes:
+        prob = self.prob
+        S = prob.pixel_scalars[pixels]
+        real = S >= 0
+        Sc = np.where(real, S, 0)
+        dlo = np.where(real, prob.lo[Sc] - prob.x0[Sc], 0.0)
+        dhi = np.where(real, prob.hi[Sc] - prob.x0[Sc], 0.0)
+        return Boxes(np.where(real, S, -1), dlo, dhi, np.zeros(len(pixels), dtype=np.int64))
+    # -- boxes ------------------------------------------------------------------------------------
+    def _box_chunk(self, boxes: Boxes) -> int:
+        f = boxes.S.shape[1]
+        width = sum(nd.size for nd in self.net.nodes)
+        return max(1, knobs.BOX_CHUNK_FLOATS // max(1, 2 * (f + 1) * width))
+
+    def _process_boxes(self, boxes: Boxes) -> Boxes | None:
+        """Bound one batch of boxes; return the children of the undecided ones (None: witness)."""
+        prob = self.prob
+        self.n_boxes += len(boxes)
+        lb, hint = box_bounds(prob, boxes, self.ref)
+        und = np.nonzero(lb.min(axis=1) <= 0)[0]
+        if und.size == 0:
+            return boxes.take(np.zeros(0, dtype=np.int64))
+        ub = boxes.take(und)
+        # candidate counterexamples: centre, the corner the linear bound points at, corners
+        k = np.argmin(lb[und], axis=1)
+        h = hint[und, k, :]  # [U, F]
+        cands = [0.5 * (ub.dlo + ub.dhi), np.where(h > 0, ub.dlo, ub.dhi)]
+        if ub.S.shape[1] <= 3:
+            cands += self._corner_offsets(ub)
+        for off in cands:
+            if self.check(ub.points(prob, off)):
+                return None
+        # a box float64 proves but the band does not: bisect a few times (the bound may be loose),
+        # then give it up; the true margin may lie inside the band, where splitting cannot help
+        in_band = (lb[und] + self.band).min(axis=1) > 0
+        stuck = in_band & (ub.depth >= knobs.BAND_DEPTH)
+        self.gave_up_band += int(stuck.sum())
+        ub = ub.take(~stuck)
+        # bisect along the widest free scalar
+        width = ub.dhi - ub.dlo
+        f = np.argmax(width, axis=1)
+        rows = np.arange(len(ub))
+        w = width[rows, f]
+        ok = (ub.depth < knobs.MAX_DEPTH) & (w > 0)
+        self.gave_up += int((~ok).sum())
+        ub = ub.take(ok)
+        f, rows = f[ok], np.arange(len(ub))
+        mid = 0.5 * (ub.dlo[rows, f] + ub.dhi[rows, f])
+        left = Boxes(ub.S.copy(), ub.dlo.copy(), ub.dhi.copy(), ub.depth + 1)
+        right = Boxes(ub.S.copy(), ub.dlo.copy(), ub.dhi.copy(), ub.depth + 1)
+        left.dhi[rows, f] = mid
+        right.dlo[rows, f] = mid
+        return Boxes.concat([left, right])
+
+    def _drain_boxes(self, queue: list[Boxes], all_: bool = True) -> str | None:
+        """Process queued boxes until empty (or time out). Returns 'refuted'/'timeout'/None."""
+        while queue:
+            if self.timer.out():
+                return "timeout"
+            boxes = queue.pop()
+            n = self._box_chunk(boxes)
+            if len(boxes) > n:
+                queue.append(boxes.take(np.arange(n, len(boxes))))
+                boxes = boxes.take(np.arange(n))
+            kids = self._process_boxes(boxes)
+            if kids is None:
+                return "refuted"
+            if len(kids):
+                queue.append(kids)
+            if not all_:
+                break
+        return None
+
+    def _run_t1(self) -> Verdict:
+        found, _ = self._attack_single()
+        if found:
+            return self.verdict("attack: one pixel")
+        queue = [self._pixel_boxes(np.arange(self.prob.P))]
+        res = self._drain_boxes(queue)
+        detail = f"split: {self.n_boxes} boxes"
+        if res == "refuted":
+            return self.verdict(detail)
+        if res == "timeout":
+            return self.verdict(detail + ", timeout")
+        return self.settled(detail)
+
+    # -- branch and bound over pixels (t >= 2) -----------------------------------------------------
+    def _boxes_from_domains(self, dom: Domains) -> Boxes:
+        prob = self.prob
+        parts = []
+        for i in range(len(dom)):
+            pix = np.nonzero(dom.forced[i])[0]
+            sc = prob.pixel_scalars[pix].reshape(-1)
+            sc = sc[sc >= 0]
+            if sc.size == 0:
+                sc = np.array([-1])
+            real = sc >= 0
+            scc = np.where(real, sc, 0)
+            dlo = np.where(real, dom.lo[i, scc] - prob.x0[scc], 0.0)
+            dhi = np.where(real, dom.hi[i, scc] - prob.x0[scc], 0.0)
+            parts.append(Boxes(sc[None], dlo[None], dhi[None], np.zeros(1, dtype=np.int64)))
+        return Boxes.concat(parts)
+
+    def _fixed_pixels(self, dom: Domains) -> np.ndarray:
+        """[B, P] pixels whose scalars are all pinned to x0."""
+        prob = self.prob
+        pinned = (dom.lo == prob.x0) & (dom.hi == prob.x0)  # [B, D]
+        sc = prob.pixel_scalars
+        vals = np.where(prob.scalar_mask[None], pinned[:, np.where(sc >= 0, sc, 0)], True)
+        return vals.all(axis=-1)
+
+    def _linear_attack_point(self, dom: Domains, a: np.ndarray) -> np.ndarray:
+        """The point of each domain minimising the linear lower bound ``a [B, D]`` of its worst row."""
+        prob = self.prob
+        x = np.broadcast_to(prob.x0, a.shape).copy()
+        pick = np.where(a > 0, dom.lo, dom.hi)
+        dp = pixel_terms(prob, dom, a[:, None, :])[:, 0, :]
+        for i in range(len(dom)):
+            chosen = list(np.nonzero(dom.forced[i])[0])
+            k = int(dom.budget[i])
+            free = np.where(dom.forced[i], np.inf, np.minimum(dp[i], 0.0))
+            order = np.argsort(free)[:k]
+            chosen += [p for p in order if free[p] < 0]
+            for p in chosen:
+                sc = prob.pixel_scalars[p]
+                sc = sc[sc >= 0]
+                x[i, sc] = pick[i, sc]
+        return x
+
+    def _run_bnb(self, lb: np.ndarray, a_in: np.ndarray | None) -> Verdict:
+        found, single = self._attack_single()
+        if found:
+            return self.verdict("attack: one pixel")
+        if self._attack_beam(single):
+            return self.verdict("attack: beam")
+        prob = self.prob
+        stack: list[Domains] = [Domains.ball(prob, self.t)]
+        boxq: list[Boxes] = []
+        first = True
+        # t = 2: branch and bound gets a share of the time; if it has not finished by then, every
+        # pair of pixels is bounded as a box instead (predictable cost, complete)
+        switch_at = None
+        if self.t == 2:
+            rest = knobs.PAIR_SWITCH_SECONDS if self.timer.deadline is None else (self.timer.deadline - time.perf_counter())
+            switch_at = time.perf_counter() + knobs.PAIR_SWITCH_SHARE * max(0.0, rest)
+        while stack or boxq:
+            if self.timer.out():
+                return self.verdict(f"split: {self.n_domains} domains, {self.n_boxes} boxes, timeout")
+            if switch_at is not None and time.perf_counter() >= switch_at:
+                return self._run_pairs()
+            if boxq and (not stack or sum(len(b) for b in boxq) >= 64):
+                res = self._drain_boxes(boxq, all_=not stack)
+                if res == "refuted":
+                    return self.verdict(f"split: {self.n_domains} domains, {self.n_boxes} boxes")
+                if res == "timeout":
+                    return self.verdict(f"split: {self.n_domains} domains, {self.n_boxes} boxes, timeout")
+                continue
+            dom = stack.pop()
+            if len(dom) > knobs.DOMAIN_BATCH:
+                stack.append(dom.take(np.arange(knobs.DOMAIN_BATCH, len(dom))))
+                dom = dom.take(np.arange(knobs.DOMAIN_BATCH))
+            self.n_domains += len(dom)
+            if first and a_in is not None:
+                dlb, da = lb, a_in
+                first = False
+            else:
+                dlb, da, _ = spec_bounds(prob, dom, self.ref, want_input=True)
+            und = np.nonzero(dlb.min(axis=1) <= 0)[0]
+            if und.size == 0:
+                continue
+            dom = dom.take(und)
+            dlb = dlb[und]
+            assert da is not None
+            worst = np.argmin(dlb, axis=1)
+            a = da[und, worst, :]  # [U, D]
+            if self.check(self._linear_attack_point(dom, a)):
+                return self.verdict(f"split: {self.n_domains} domains, {self.n_boxes} boxes")
+            fixed = self._fixed_pixels(dom)
+            dp = pixel_terms(prob, dom, a[:, None, :])[:, 0, :]
+            cand = ~dom.forced & ~fixed
+            infl = prob.to_pixels(np.abs(a) * (dom.hi - dom.lo))
+            score = np.where(cand, np.minimum(dp, 0.0) - 1e-9 * infl, np.inf)
+            excl_kids, force_kids, boxes_now = [], [], []
+            for i in range(len(dom)):
+                n_cand = int(cand[i].sum())
+                if n_cand <= int(dom.budget[i]):
+                    # the budget does not bind: every remaining pixel is free -> one box, the hull
+                    # of "unchanged" and "anywhere in [lo, hi]" for those pixels
+                    forced = dom.forced[i] | cand[i]
+                    sc = np.isin(prob.pixel, np.nonzero(cand[i])[0])
+                    lo_h = np.where(sc, np.minimum(dom.lo[i], prob.x0), dom.lo[i])
+                    hi_h = np.where(sc, np.maximum(dom.hi[i], prob.x0), dom.hi[i])
+                    boxes_now.append(Domains(lo_h[None], hi_h[None], forced[None], np.zeros(1, np.int64)))
+                    continue
+                p = int(np.argmin(score[i]))
+                sc = prob.pixel_scalars[p]
+                sc = sc[sc >= 0]
+                lo_e, hi_e = dom.lo[i].copy(), dom.hi[i].copy()
+                lo_e[sc] = prob.x0[sc]
+                hi_e[sc] = prob.x0[sc]
+                excl_kids.append(Domains(lo_e[None], hi_e[None], dom.forced[i : i + 1].copy(), dom.budget[i : i + 1].copy()))
+                f2 = dom.forced[i].copy()
+                f2[p] = True
+                kid = Domains(dom.lo[i : i + 1].copy(), dom.hi[i : i + 1].copy(), f2[None], dom.budget[i : i + 1] - 1)
+                if int(kid.budget[0]) == 0:
+                    boxes_now.append(kid)
+                else:
+                    force_kids.append(kid)
+            if boxes_now:
+                boxq.append(self._boxes_from_domains(Domains.concat(boxes_now)))
+            if excl_kids:
+                stack.append(Domains.concat(excl_kids))
+            if force_kids:
+                stack.append(Domains.concat(force_kids))
+        return self.settled(f"split: {self.n_domains} domains, {self.n_boxes} boxes")
+
+    # -- every pair of pixels (t = 2) ---------------------------------------------------------------
+    def _run_pairs(self) -> Verdict:
+        prob = self.prob
+        P = prob.P
+        singles_needed = not bool(np.all((prob.lo <= prob.x0) & (prob.x0 <= prob.hi)))
+        iu, ju = np.triu_indices(P, k=1)
+        total = iu.size
+        queue: list[Boxes] = []
+        if singles_needed:
+            # a pair box holds "only one of them changed" only when every box holds x0
+            queue.append(self._pixel_boxes(np.arange(P)))
+        done = 0
+        while done < total or queue:
+            if self.timer.out():
+                return self.verdict(f"pairs: {done}/{total} enumerated, {self.n_boxes} boxes, timeout")
+            if not queue:
+                sel = slice(done, min(total, done + knobs.PAIR_CHUNK))
+                done = sel.stop
+                a, b = self._pixel_boxes(iu[sel]), self._pixel_boxes(ju[sel])
+                queue.append(Boxes(np.concatenate([a.S, b.S], axis=1), np.concatenate([a.dlo, b.dlo], axis=1),
+                                   np.concatenate([a.dhi, b.dhi], axis=1), np.zeros(a.S.shape[0], dtype=np.int64)))
+            res = self._drain_boxes(queue, all_=False)
+            if res == "refuted":
+                return self.verdict(f"pairs: {self.n_boxes} boxes")
+            if res == "timeout":
+                return self.verdict(f"pairs: {done}/{total} enumerated, {self.n_boxes} boxes, timeout")
+        return self.settled(f"pairs: {total} pairs, {self.n_boxes} boxes")
