@@ -167,7 +167,8 @@ def evaluate(
     """Bound the minimal adversarial distance of every input in ``data``; anytime, resumable.
 
     With ``out``, progress is checkpointed there after every step and the result files are
-    written at the end (also after Ctrl-C, with the bounds reached so far).
+    written at the end (also after Ctrl-C, with the bounds reached so far). A KeyboardInterrupt
+    after the first step carries the partial ``RunResult`` as its ``result`` attribute.
     """
     from l0tre_core.host import create_host
 
@@ -261,7 +262,9 @@ def evaluate(
     if out is not None:
         write_results(result, out, data.sample_shape)
     if interrupted:
-        raise KeyboardInterrupt
+        stop = KeyboardInterrupt()
+        stop.result = result  # type: ignore[attr-defined]  # the bounds reached so far, for callers without `out`
+        raise stop
     wrong = [s.index for s in samples if s.contradiction]
     if wrong:
         exc = CertificateContradiction(

@@ -83,7 +83,7 @@ def _describe(geometry: Geometry, reading: str) -> str:
     c = geometry.n_channels
     axes = "C,H,W" if reading == "model" and geometry.layout == "nchw" else "H,W,C"
     moved = ", transposed to the model's C,H,W" if reading == "hwc" and geometry.layout == "nchw" else ""
-    return f"`layout` {geometry.layout} reads a sample as {axes} ({h}x{w} pixels of {c} channels{moved})"
+    return f"`layout` {geometry.layout} reads a sample as {axes} ({h}x{w} pixels of {c} channel{'' if c == 1 else 's'}{moved})"
 
 
 def check_unambiguous(stored: str, per_sample: tuple[int, ...], geometry: Geometry, source: str) -> None:
@@ -144,7 +144,7 @@ def fit_to_model(raw: RawData, geometry: Geometry, value_range: tuple[float, flo
     if layout is None and raw.layout == "hwc":
         raise DataError(
             f"{source}: samples of shape {list(per_sample)} do not fit the model "
-            f"({geometry.image_shape and list(geometry.image_shape)} pixels x {c} channels, layout {geometry.layout})"
+            f"({geometry.image_shape and list(geometry.image_shape)} pixels x {c} channel{'' if c == 1 else 's'}, layout {geometry.layout})"
         )
     if layout is None:
         raise DataError(

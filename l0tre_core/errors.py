@@ -77,6 +77,8 @@ class CertificateContradiction(L0treError):
 
 
 class Interrupted(L0treError):
-    """The run was stopped by a signal after saving what it had."""
+    """The run was stopped by a signal after saving what it had; ``result`` holds the bounds
+    reached so far when there are any (a command without ``--out`` prints them)."""
 
     exit_code = 130
+    result: object = None

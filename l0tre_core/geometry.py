@@ -122,7 +122,7 @@ def geometry_for(shape: Sequence[Any], layout: str, channels: int | None) -> Geo
             raise CardError(f"layout {layout} needs a 4-D input [N,C,H,W] or [N,H,W,C], the model takes {list(shape)}")
         c, h, w = dims if layout == "nchw" else (dims[2], dims[0], dims[1])
         if channels is not None and channels != c:
-            raise CardError(f"the card says {channels} channels but the {layout} input has {c}")
+            raise CardError(f"the card says {channels} channel{'' if channels == 1 else 's'} but the {layout} input has {c}")
         return Geometry(layout, tuple(dims), h * w, c, (h, w))
     if layout == "flat":
         if len(dims) == 2 and dims[1] != 1:
@@ -132,7 +132,7 @@ def geometry_for(shape: Sequence[Any], layout: str, channels: int | None) -> Geo
         d = dims[0]
         c = channels or 1
         if d % c:
-            raise CardError(f"a flat input of {d} values cannot hold pixels of {c} channels")
+            raise CardError(f"a flat input of {d} values cannot hold pixels of {c} channel{'' if c == 1 else 's'}")
         p = d // c
         side = math.isqrt(p)
         return Geometry("flat", tuple(dims), p, c, (side, side) if side * side == p else None)

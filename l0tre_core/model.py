@@ -127,7 +127,7 @@ def _per_channel(values: tuple[float, ...] | None, channels: int, name: str, def
     if len(values) == 1:
         return np.full(channels, values[0], np.float32)
     if len(values) != channels:
-        raise CardError(f"`{name}` has {len(values)} values but the model's pixels have {channels} channels", field=name)
+        raise CardError(f"`{name}` has {len(values)} values but the model's pixels have {channels} channel{'' if channels == 1 else 's'}", field=name)
     return np.asarray(values, np.float32)
 
 

@@ -102,6 +102,13 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
     _commit([(_stage(path, write, binary), path)])
 
 
+def _umask() -> int:
+    """The process umask (read by setting it, and set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _stage(path: Path, write: Callable[[Any], None], binary: bool = False) -> str:
     """Write ``path``'s new content to a synced temporary file beside it; returns its name.
 
@@ -115,6 +122,7 @@ def _stage(path: Path, write: Callable[[Any], None], binary: bool = False) -> st
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: result files get the user's usual mode
     except BaseException as exc:
         _discard(tmp)
         if isinstance(exc, OSError):

@@ -21,8 +21,8 @@ RECORDED = Path(__file__).parent / "data" / "recorded" / "demo.json"
 RUNS = {
     "robustness": ["robustness", "--n", "4", "--max-t", "1", "--seed", "0", "--format", "json", "-q"],
     "attack": ["attack", "--n", "4", "--seed", "0", "--format", "json", "-q"],
-    "saliency": ["saliency", "--n", "1", "--seed", "0", "--format", "json", "-q"],
-    "testgen": ["testgen", "--n", "2", "--seed", "0", "--format", "json", "-q"],
+    "saliency": ["saliency", "--n", "1", "--format", "json", "-q"],
+    "testgen": ["testgen", "--n", "2", "--format", "json", "-q"],
 }
 
 

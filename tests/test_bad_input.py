@@ -328,7 +328,7 @@ def test_mean_and_std_of_different_lengths_is_a_usage_error() -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--mean", "0.1,0.2,0.3"], "1 channels"),  # three means for a grey model
+        (["--mean", "0.1,0.2,0.3"], "1 channel"),  # three means for a grey model
         (["--classes", "a,b"], "2 classes"),  # the model has 10
         (["--layout", "flat"], "layout flat"),  # a 4-D input is not flat
         (["--layout", "nhwc"], "do not fit"),  # [1,28,28] read as NHWC: data no longer fit

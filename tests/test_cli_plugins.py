@@ -21,12 +21,14 @@ BUILTIN = {"onnxruntime", "formats", "robustness"}
 
 
 def command_names(help_text: str) -> set[str]:
-    """The command names in the Commands panel of ``l0tre --help``."""
-    panel = help_text.split("Commands", 1)[1] if "Commands" in help_text else ""
+    """The command names in the command panels (Applications, Model and plugins, ...) of ``l0tre --help``."""
     names = set()
-    for line in panel.splitlines():
+    panel = None
+    for line in help_text.splitlines():
+        if line.startswith("\u256d\u2500 "):
+            panel = line[3:].split(" \u2500", 1)[0].strip()
         # "│ info   Show the ..." starts a command; "│        wrapped help" continues one.
-        if line.startswith("\u2502 ") and len(line) > 2 and line[2] not in " \u2502":
+        elif panel not in (None, "Options") and line.startswith("\u2502 ") and len(line) > 2 and line[2] not in " \u2502":
             names.add(line[2:].split()[0])
     return names
 
@@ -278,3 +280,14 @@ def test_broken_entry_point_is_one_line_error(tmp_path: Path) -> None:
     # It can be blocked by its entry-point name.
     proc = run_l0tre(["-p", "no:broken", "plugins"], env={"PYTHONPATH": str(site)}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_help_lists_the_applications_with_robustness_first() -> None:
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    text = result.stdout
+    panel = text.split("Applications", 1)[1]
+    first = next(line for line in panel.splitlines() if line.startswith("\u2502 "))
+    assert first[2:].split()[0] == "robustness"
+    assert text.index("Applications") < text.index("Model and plugins")
+    assert {"robustness", "attack", "saliency", "testgen", "design", "info", "plugins"} <= command_names(text)

@@ -18,6 +18,8 @@ from l0tre_core.host import PluginHost, create_host
 HELP = (
     "How many pixels must change to flip an image classifier's decision: proven lower bounds and "
     "witnessed upper bounds of L0 robustness for any ONNX model.\n\n"
+    "Start with `l0tre robustness` (the embedded MNIST demo, about half a minute); the applications: "
+    "robustness, attack, saliency, testgen, design.\n\n"
     "Exit codes: 0 success, 2 usage, 3 bad model, card or data, 4 environment, 130 interrupted."
 )
 
@@ -44,6 +46,9 @@ def create_app(host: PluginHost | None = None) -> typer.Typer:
 
     commands.register(app)
     _register_plugin_commands(app, host)
+    # the main command first, then the other applications, then the host's own commands
+    main_first = {"robustness": 0}
+    app.registered_commands.sort(key=lambda c: (c.rich_help_panel != "Applications", main_first.get(c.name or "", 1)))
     return app
 
 

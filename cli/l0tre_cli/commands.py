@@ -13,15 +13,17 @@ from typing_extensions import Annotated
 from l0tre_cli import console
 from l0tre_cli.options import Common, common_options, run_guarded
 
+TOOLS_PANEL = "Model and plugins"
 CHANCE_FACTOR = 2.0  # accuracy below this multiple of chance suggests a wrong card
 
 
 def register(app: typer.Typer) -> None:
-    app.command("info", help="Show the model's inputs, outputs, resolved card and providers; with --data, the clean accuracy.")(info)
-    app.command("plugins", help="List the installed plugins, their versions and hooks.")(plugins)
+    app.command("info", help="Show the model's inputs, outputs, resolved card and providers; with --data, the clean accuracy.",
+                rich_help_panel=TOOLS_PANEL)(info)
+    app.command("plugins", help="List the installed plugins, their versions and hooks.", rich_help_panel=TOOLS_PANEL)(plugins)
 
 
-@common_options
+@common_options(without=("out", "seed"))
 def info(common: Common) -> None:
     model = common.load_model()
     report: dict[str, Any] = {"model": model.describe()}
@@ -53,7 +55,7 @@ def _print_info(report: dict[str, Any]) -> None:
     console.out.print(f"input      {m['input']['name']} {m['input']['shape']}", markup=False)
     console.out.print(f"output     {m['output']['name']} {m['output']['shape']} ({m['classes']} classes)", markup=False)
     g = m["geometry"]
-    console.out.print(f"pixels     {g['pixels']} x {g['channels']} channel(s), image {g['image_shape']}")
+    console.out.print(f"pixels     {g['pixels']} x {g['channels']} channel{'' if g['channels'] == 1 else 's'}, image {g['image_shape']}")
     console.out.print(f"providers  {', '.join(m['providers'])}  (batching: {m['batching']})")
     table = Table(title="model card", show_edge=False)
     table.add_column("field")
@@ -77,7 +79,7 @@ def _print_info(report: dict[str, Any]) -> None:
 
 def plugins(
     ctx: typer.Context,
-    format: Annotated[str, typer.Option("--format", "-f", help="table or json")] = "table",
+    format: Annotated[str, typer.Option("--format", "-f", metavar="[table|json]", help="Results on stdout as a table or JSON")] = "table",
 ) -> None:
     def body() -> None:
         host = ctx.find_root().obj

@@ -136,6 +136,7 @@ class Common:
             output_name=self.output_name,
             host=self.host,
         )
+        check_normalisation_pair(clf.card)
         for note in clf.describe()["notes"]:
             if not self.quiet:
                 console.warn(note)
@@ -159,30 +160,55 @@ class Common:
         )
 
 
-def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the shared options to a command whose first parameter is ``common: Common``."""
+def check_normalisation_pair(card: Any) -> None:
+    """``--mean`` without ``--std`` (or the reverse), with no card source for the other: a usage error."""
+    if (card.mean is None) == (card.std is None):
+        return
+    given, missing = ("mean", "std") if card.mean is not None else ("std", "mean")
+    if card.sources.get(given) == "flag":
+        raise UsageError(
+            f"`{given}` was given without `{missing}`: normalisation needs both `mean` and `std`", field=missing
+        )
 
+
+SKIPPABLE = ("out", "seed", "batch_size", "quiet")
+
+
+def common_options(fn: Callable[..., Any] | None = None, *, without: tuple[str, ...] = ()) -> Any:
+    """Add the shared options to a command whose first parameter is ``common: Common``.
+
+    ``@common_options(without=("seed",))`` leaves out options the command does nothing with (any
+    of ``out``, ``seed``, ``batch_size``, ``quiet``); ``common`` then holds their defaults."""
+    unknown = set(without) - set(SKIPPABLE)
+    if unknown:
+        raise TypeError(f"common_options cannot leave out {', '.join(sorted(unknown))} (only {', '.join(SKIPPABLE)})")
+    if fn is None:
+        return lambda f: _common_options(f, tuple(without))
+    return _common_options(fn, tuple(without))
+
+
+def _common_options(fn: Callable[..., Any], without: tuple[str, ...]) -> Callable[..., Any]:
     def wrapper(
         ctx: typer.Context,
-        model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (default: the embedded MNIST demo)", show_default=False)] = None,
-        data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data: .npz (x, y), MNIST IDX, CSV rows label,p1,.. (0-255, H,W,C), or a folder of class folders (default: the demo's held-out images)", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+        model: Annotated[Optional[Path], typer.Argument(help="ONNX model file", show_default="the embedded MNIST demo")] = None,
+        data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data: .npz (x, y), MNIST IDX, CSV rows label,p1,.. (0-255, H,W,C), or a folder of class folders", rich_help_panel=DATA_PANEL, show_default="the demo's held-out images")] = None,
         labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels file, when not found beside the data", rich_help_panel=DATA_PANEL, show_default=False)] = None,
-        n: Annotated[Optional[int], typer.Option("--n", help="Number of inputs to use (default: all)", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+        n: Annotated[Optional[int], typer.Option("--n", help="Number of inputs to use (robustness on the demo data: 20)", rich_help_panel=DATA_PANEL, show_default="all")] = None,
         start: Annotated[int, typer.Option("--start", help="Position in the data of the first input", rich_help_panel=DATA_PANEL)] = 0,
-        layout: Annotated[Optional[str], typer.Option("--layout", help="Input layout: nchw, nhwc or flat", rich_help_panel=CARD_PANEL, show_default=False)] = None,
-        value_range: Annotated[Optional[str], typer.Option("--range", help="Valid range of data values lo,hi (default 0,1)", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        layout: Annotated[Optional[str], typer.Option("--layout", metavar="[nchw|nhwc|flat]", help="Input layout", rich_help_panel=CARD_PANEL, show_default="inferred")] = None,
+        value_range: Annotated[Optional[str], typer.Option("--range", metavar="LO,HI", help="Valid range of data values", rich_help_panel=CARD_PANEL, show_default="0,1")] = None,
         mean: Annotated[Optional[str], typer.Option("--mean", help="Normalisation done outside the graph: per-channel means, e.g. 0.49,0.48,0.45", rich_help_panel=CARD_PANEL, show_default=False)] = None,
         std: Annotated[Optional[str], typer.Option("--std", help="Per-channel standard deviations for --mean", rich_help_panel=CARD_PANEL, show_default=False)] = None,
-        output: Annotated[Optional[str], typer.Option("--output", help="What the model outputs: logits or probs", rich_help_panel=CARD_PANEL, show_default=False)] = None,
+        output: Annotated[Optional[str], typer.Option("--output", metavar="[logits|probs]", help="What the model outputs", rich_help_panel=CARD_PANEL, show_default=False)] = None,
         classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names", rich_help_panel=CARD_PANEL, show_default=False)] = None,
         channels: Annotated[Optional[int], typer.Option("--channels", help="Channels per pixel of a flat input", rich_help_panel=CARD_PANEL, show_default=False)] = None,
         input_name: Annotated[Optional[str], typer.Option("--input-name", help="Model input to use when there are several", rich_help_panel=CARD_PANEL, show_default=False)] = None,
         output_name: Annotated[Optional[str], typer.Option("--output-name", help="Model output to use when there are several", rich_help_panel=CARD_PANEL, show_default=False)] = None,
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for result files", rich_help_panel=RUN_PANEL, show_default=False)] = None,
-        format: Annotated[str, typer.Option("--format", "-f", help="Results on stdout as table or json", rich_help_panel=RUN_PANEL)] = "table",
+        format: Annotated[str, typer.Option("--format", "-f", metavar="[table|json]", help="Results on stdout as a table or JSON", rich_help_panel=RUN_PANEL)] = "table",
         seed: Annotated[int, typer.Option("--seed", help="Random seed", rich_help_panel=RUN_PANEL)] = 0,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda", rich_help_panel=RUN_PANEL)] = "auto",
-        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per model call (default 256)", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+        device: Annotated[str, typer.Option("--device", metavar="[auto|cpu|cuda]", help="Where the model and the search run", rich_help_panel=RUN_PANEL)] = "auto",
+        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per model call", rich_help_panel=RUN_PANEL, show_default="256")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output", rich_help_panel=RUN_PANEL)] = False,
         **kwargs: Any,
     ) -> Any:
@@ -203,7 +229,7 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     shared = [
         p.replace(annotation=shared_hints.get(name, p.annotation))
         for name, p in inspect.signature(wrapper).parameters.items()
-        if name != "kwargs"
+        if name != "kwargs" and name not in without
     ]
     functools.update_wrapper(wrapper, fn, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
     del wrapper.__wrapped__

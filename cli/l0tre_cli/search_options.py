@@ -40,10 +40,11 @@ class SearchOption:
     type: Any
     default: Any
     help: str
+    metavar: str | None = None  # the choices, for options that take one of a few words
 
     def annotation(self, panel: str) -> Any:
-        shown = self.default is not None  # "no limit" reads better from the help than as "None"
-        option = typer.Option(self.flag, help=self.help, rich_help_panel=panel, show_default=shown)
+        shown: bool | str = True if self.default is not None else "none"  # one style: [default: none]
+        option = typer.Option(self.flag, help=self.help, rich_help_panel=panel, show_default=shown, metavar=self.metavar)
         return Annotated[self.type, option]
 
 
@@ -55,11 +56,11 @@ SEARCH_OPTIONS: dict[str, SearchOption] = {
     ),
     "time_limit": SearchOption(
         "--time-limit", Optional[float], _default(Budget, "time_limit"),
-        "Time limit for the whole run, in seconds (design: for each model); default: none",
+        "Time limit for the whole run, in seconds (design: for each model)",
     ),
     "input_time_limit": SearchOption(
         "--input-time-limit", Optional[float], _default(Budget, "input_time_limit"),
-        "Time limit for each input, in seconds; default: none",
+        "Time limit for each input, in seconds",
     ),
     "values": SearchOption(
         "--values", str, _default(ThreatModel, "values"),
@@ -69,15 +70,16 @@ SEARCH_OPTIONS: dict[str, SearchOption] = {
     "score": SearchOption(
         "--score", str, _default(ThreatModel, "score"),
         "Sensitivity score: margin (reference minus the best other class) or logit (the reference alone, "
-        "as the original L0-TRE)",
+        "as the original L0-TRE)", "[margin|logit]",
     ),
     "unit": SearchOption(
         "--unit", str, _default(ThreatModel, "unit"),
-        "What counts as one change: pixel (all its channels) or feature (one value)",
+        "What counts as one change: pixel (all its channels) or feature (one value)", "[pixel|feature]",
     ),
     "against": SearchOption(
         "--against", str, _default(ThreatModel, "against"),
         "Reference label a change must move away from: prediction (the model's) or label (the ground truth)",
+        "[prediction|label]",
     ),
 }
 

@@ -33,8 +33,8 @@ def design(
     input_time_limit: Optional[float],
     values: str,
     score: str,
-    lower: Annotated[str, typer.Option("--lower", help="Lower bounds: auto, sound, discrete or both", rich_help_panel=PANEL)] = "auto",
-    upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches (repeatable; default: every installed one; 'none' for none)", rich_help_panel=PANEL, show_default=False)] = None,
+    lower: Annotated[str, typer.Option("--lower", metavar="METHOD", help="Lower bounds: auto, sound, discrete or both", rich_help_panel=PANEL)] = "auto",
+    upper: Annotated[Optional[list[str]], typer.Option("--upper", help="Extra upper-bound searches (repeatable; 'none' for none)", rich_help_panel=PANEL, show_default="every installed one")] = None,
 ) -> None:
     budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)
     paths: list[Path | None] = [common.model, *(others or [])]

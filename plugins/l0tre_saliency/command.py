@@ -20,7 +20,7 @@ from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
 PANEL = "Saliency"
 
 
-@common_options
+@common_options(without=("seed",))
 @search_options(panel=PANEL)
 def saliency(
     common: Common,

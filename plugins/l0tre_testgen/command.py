@@ -23,7 +23,7 @@ from l0tre_testgen.generate import TestCase, generate
 PANEL = "Test generation"
 
 
-@common_options
+@common_options(without=("seed",))
 @search_options(panel=PANEL)
 def testgen(
     common: Common,
