@@ -14,6 +14,11 @@ nothing else from the core. Names load on first use, so ``import l0tre_core`` st
   ``Sensitivity``, ``Witness``, ``SampleState``, ``flips``, ``score``;
 - results and events: ``RunResult``, ``BoundUpdate``, ``atomic_write``, ``json_default``,
   ``CHECKPOINT_NAME``;
+- the result document every application writes (``l0tre_core.schema``): ``result_document``
+  (build one), ``checked_result`` (as plain JSON, validated), ``write_result_json`` (validated, to
+  ``results.json``), ``validate_result`` / ``schema_errors`` (check one against
+  ``schema/result.schema.json``), ``software_versions``, ``RESULT_SCHEMA_VERSION``,
+  ``ResultSchemaError``;
 - figures: ``pyplot`` (matplotlib.pyplot drawing off-screen), ``png`` (a figure as PNG bytes);
 - errors: ``L0treError`` and its subclasses (each with its exit code; ``field`` names the
   parameter an error is about).
@@ -61,6 +66,13 @@ _FACADE = {
     "RunResult": "l0tre_core.results",
     "atomic_write": "l0tre_core.results",
     "json_default": "l0tre_core.results",
+    "result_document": "l0tre_core.schema",
+    "validate_result": "l0tre_core.schema",
+    "schema_errors": "l0tre_core.schema",
+    "checked_result": "l0tre_core.schema",
+    "write_result_json": "l0tre_core.schema",
+    "software_versions": "l0tre_core.schema",
+    "ResultSchemaError": "l0tre_core.schema",
     "BoundUpdate": "l0tre_core.events",
     "pyplot": "l0tre_core.figures",
     "png": "l0tre_core.figures",
@@ -75,7 +87,10 @@ _FACADE = {
     "CertificateContradiction": "l0tre_core.errors",
     "Interrupted": "l0tre_core.errors",
 }
-_RENAMED = {"CHECKPOINT_NAME": ("l0tre_core.checkpoint", "NAME")}
+_RENAMED = {
+    "CHECKPOINT_NAME": ("l0tre_core.checkpoint", "NAME"),
+    "RESULT_SCHEMA_VERSION": ("l0tre_core.schema", "SCHEMA_VERSION"),
+}
 
 __all__ = ["__version__", "hookimpl", *sorted(_FACADE), *sorted(_RENAMED)]
 

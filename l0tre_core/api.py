@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -18,19 +17,15 @@ from l0tre_core.errors import CardError, CertificateContradiction, DataError, En
 from l0tre_core.events import BoundUpdate
 from l0tre_core.model import Classifier
 from l0tre_core.results import RunResult, write_results
+from l0tre_core.schema import software_versions
 from l0tre_core.threat import ThreatModel
 
 Listener = Callable[[BoundUpdate, SampleState], None]
 
 
 def versions(classifier: Classifier) -> dict[str, str]:
-    out = {"l0tre": l0tre_core.__version__, "numpy": np.__version__}
-    for dist in ("onnx", "onnxruntime", "onnxruntime-gpu", "cupy-cuda13x", "cupy-cuda12x"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    """The versions a result records (``l0tre_core.schema.software_versions``)."""
+    return software_versions()
 
 
 def pick_kernels(host: Any, device: str) -> Any:

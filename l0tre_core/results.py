@@ -15,8 +15,9 @@ import numpy as np
 
 from l0tre_core.witness import SampleState
 from l0tre_core.errors import L0treError
+from l0tre_core.schema import checked_result
 
-SCHEMA_VERSION = 1
+from l0tre_core.schema import SCHEMA_VERSION, result_document  # noqa: F401  (SCHEMA_VERSION: kept importable here)
 
 
 class SelfCheckFailed(L0treError):
@@ -66,24 +67,26 @@ class RunResult:
                 raise SelfCheckFailed(f"self-check failed: input {s.index} has no witness of size {s.upper}")
 
     def to_json(self) -> dict[str, Any]:
+        """The result document (``l0tre_core.schema``): the ``global`` bounds are its ``summary``;
+        ``budget`` and ``history`` (seconds, global lower, global upper) are robustness's own keys."""
         samples = []
         for s in self.samples:
             d = s.to_json()
             d.pop("witness")
             samples.append(d)
         guarantees = sorted({s.guarantee for s in self.samples})
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "providers": self.model.get("providers"),
-            "threat_model": self.threat,
-            "budget": self.budget,
-            "data": self.data,
-            "seed": self.seed,
-            "versions": self.versions,
-            "seconds": round(self.seconds, 3),
-            "complete": self.complete,
-            "global": {
+        return result_document(
+            "robustness",
+            versions=self.versions,
+            model=self.model,
+            threat=self.threat,
+            data=self.data,
+            budget=self.budget,
+            seed=self.seed,
+            seconds=round(self.seconds, 3),
+            complete=self.complete,
+            history=[[round(t, 3), lo, up] for t, lo, up in self.history],
+            summary={
                 "lower": self.global_lower,
                 "upper": self.global_upper,
                 "guarantees": guarantees,
@@ -92,8 +95,8 @@ class RunResult:
                 "exact_over_v": sum(s.exact_over_v for s in self.samples),
                 "float32_band": sum(s.float32_band is not None for s in self.samples),
             },
-            "samples": samples,
-        }
+            samples=samples,
+        )
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
@@ -158,6 +161,7 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
     are they renamed into place, so a failure part-way (disk full) leaves the previous set intact.
     """
     result.check()
+    document = checked_result(result.to_json())
 
     def write_csv(fh: Any) -> None:
         w = csv.writer(fh)
@@ -178,7 +182,7 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
     np.savez_compressed(buf, **arrays)
     png = convergence_png(result)
     files: list[tuple[Path, Callable[[Any], None], bool]] = [
-        (folder / "results.json", lambda fh: json.dump(result.to_json(), fh, indent=2, default=json_default), False),
+        (folder / "results.json", lambda fh: json.dump(document, fh, indent=2), False),
         (folder / "samples.csv", write_csv, False),
         (folder / "witnesses.npz", lambda fh: fh.write(buf.getvalue()), True),
         (folder / "convergence.png", lambda fh: fh.write(png), True),

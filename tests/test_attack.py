@@ -295,7 +295,7 @@ def test_cli_on_the_demo_writes_files_that_flip_the_model(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["summary"]["inputs"] == 3 and len(report["samples"]) == 3
-    assert json.loads((out / "attacks.json").read_text())["summary"] == report["summary"]
+    assert json.loads((out / "results.json").read_text())["summary"] == report["summary"]
     assert (out / "adversarial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = np.load(out / "adversarial.npz")
     found = [s for s in report["samples"] if s["success"]]
@@ -355,5 +355,5 @@ def test_ctrl_c_keeps_the_inputs_done_and_the_command_says_so(tmp_path: Path, mo
     res = invoke(["attack", "--n", "3", "--budget", "100", "--out", out, "--quiet"])
     assert res.exit_code == 130, (res.exit_code, res.stderr)
     assert "interrupted after 1 of 3 inputs" in res.stderr
-    saved = json.loads((out / "attacks.json").read_text())
+    saved = json.loads((out / "results.json").read_text())
     assert saved["interrupted"] and len(saved["samples"]) == 1

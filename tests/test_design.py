@@ -97,14 +97,17 @@ def test_the_more_robust_model_ranks_first_and_is_proven(tmp_path, two_models) -
     result = invoke([*args, "--format", "json"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    by_name = {m["name"]: m for m in report["models"]}
-    assert [m["name"] for m in report["models"]] == ["robust", "fragile"]
+    ranking = report["summary"]["ranking"]
+    by_name = {m["name"]: m for m in ranking}
+    assert [m["name"] for m in ranking] == ["robust", "fragile"]
+    assert [m["name"] for m in report["models"]] == ["fragile", "robust"]  # command-line order
     assert by_name["fragile"]["lower"] == by_name["fragile"]["upper"] == 1.0
     assert by_name["robust"]["lower"] >= 2.0 and by_name["robust"]["upper"] == pytest.approx(25 / 3)
     assert by_name["robust"]["accuracy"] == by_name["fragile"]["accuracy"] == 1.0
     [claim] = report["claims"]
     assert claim["winner"] == "robust" and "robust is provably more robust than fragile" in claim["text"]
-    assert json.loads((out / "design.json").read_text())["claims"] == report["claims"]
+    assert json.loads((out / "results.json").read_text())["claims"] == report["claims"]
+    assert [s["models"]["fragile"]["upper"] for s in report["samples"]] == [1, 1, 1]
     assert (out / "design.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = invoke(args)
     assert table.exit_code == 0, table.stderr

@@ -70,8 +70,8 @@ def test_flat_fixed_batch_mlp_and_json_output(tmp_path) -> None:
     r = invoke(["robustness", model, "--data", DEMO_DATA, "--n", "5", "--max-t", "1", "--out", out, "--format", "json"])
     assert r.exit_code == 0, r.stderr
     printed = json.loads(r.stdout)
-    assert printed["schema_version"] == 1 and len(printed["samples"]) == 5
-    assert printed["global"]["lower"] <= printed["global"]["upper"]
+    assert printed["schema_version"] == 2 and printed["command"] == "robustness" and len(printed["samples"]) == 5
+    assert printed["summary"]["lower"] <= printed["summary"]["upper"]
     check_witnesses(out, model, demo["x"].astype(np.float32) / 255.0, lambda img: img.reshape(784))
 
 

@@ -74,12 +74,13 @@ def test_cli_on_demo_writes_files(tmp_path) -> None:
     result = invoke(["saliency", "--n", "2", "--out", out, "--format", "json", "-q"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert [r["index"] for r in report["inputs"]] == [0, 1]
+    assert [r["index"] for r in report["samples"]] == [0, 1]
+    assert json.loads((out / "results.json").read_text()) == report
     with np.load(out / "saliency.npz") as f:
         assert f["maps"].shape == (2, 28, 28) and f["maps"].dtype == np.float32
         assert list(f["index"]) == [0, 1]
         maps = f["maps"]
-    for r, m in zip(report["inputs"], maps):
+    for r, m in zip(report["samples"], maps):
         assert len(r["top"]) == 10
         first = r["top"][0]
         assert m[first["row"], first["col"]] == pytest.approx(m.max())

@@ -97,7 +97,7 @@ def test_cli_on_demo(tmp_path) -> None:
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["summary"]["inputs"] == 3
-    assert json.loads((out / "testgen.json").read_text())["summary"] == report["summary"]
+    assert json.loads((out / "results.json").read_text())["summary"] == report["summary"]
     with np.load(out / "tests.npz") as f:
         arrays = {k: f[k] for k in f.files}
     m = report["summary"]["cases"]

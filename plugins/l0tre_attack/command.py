@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 from l0tre_attack.random_search import DEFAULT_K_CAP, DEFAULT_QUERIES
 from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
-from l0tre_core import Interrupted, ThreatModel
+from l0tre_core import Interrupted, ThreatModel, checked_result
 
 PANEL = "Attack"
 
@@ -34,7 +34,7 @@ def attack(
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, values=values, against=against)
     data = common.load_data(model)
     out = common.prepare_out()
-    progress = InputProgress("l0tre attack", len(data), quiet=common.quiet or common.format == "json", classifier=model)
+    progress = InputProgress("l0tre attack", len(data), quiet=common.quiet, classifier=model)
     sizes: list[float] = []
 
     def show(record: Any, done: int, total: int) -> None:
@@ -51,7 +51,7 @@ def attack(
     if out is not None:
         write_outputs(result, out, data, model.geometry)
     if common.format == "json":
-        console.print_json(result.to_json())
+        console.print_json(checked_result(result.to_json()))  # what results.json holds
     else:
         print_table(result)
     if out is not None and not common.quiet:

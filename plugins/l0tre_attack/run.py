@@ -8,7 +8,6 @@ reported adversarial example is re-run through the model and its distance recoun
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -98,17 +97,21 @@ class AttackResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "command": "attack",
-            "model": self.model,
-            "threat": self.threat,
-            "attack": self.settings,
-            "data": self.data,
-            "complete": self.complete,
-            "interrupted": self.interrupted,
-            "summary": self.summary,
-            "samples": [r.to_json() for r in self.records],
-        }
+        """The result document (``l0tre_core.result_document``); ``attack`` holds the settings."""
+        from l0tre_core import result_document
+
+        return result_document(
+            "attack",
+            model=self.model,
+            threat=self.threat,
+            data=self.data,
+            attack=self.settings,
+            seconds=round(self.seconds, 3),
+            complete=self.complete,
+            interrupted=self.interrupted,
+            summary=self.summary,
+            samples=[r.to_json() for r in self.records],
+        )
 
 
 def attack_input(ctx: SearchContext, search: RandomSearch, rng: np.random.Generator, deadline: float | None,
@@ -253,14 +256,11 @@ def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: Rand
 
 
 def write_outputs(result: AttackResult, folder: Path, data: Any, geometry: Any) -> list[Path]:
-    """``attacks.json``, ``adversarial.npz`` (index, x_adv in the data file's per-sample layout)
-    and ``adversarial.png`` (up to 16 clean/adversarial pairs, changed pixels marked)."""
-    from l0tre_core import atomic_write, json_default
+    """``results.json`` (the result document), ``adversarial.npz`` (index, x_adv in the data file's
+    per-sample layout) and ``adversarial.png`` (up to 16 clean/adversarial pairs, changed pixels marked)."""
+    from l0tre_core import atomic_write, write_result_json
 
-    written = []
-    path = folder / "attacks.json"
-    atomic_write(path, lambda fh: json.dump(result.to_json(), fh, indent=2, default=json_default))
-    written.append(path)
+    written = [write_result_json(folder, result.to_json())]
 
     idx = sorted(result.images)
     x_adv = (data.to_file_layout(np.stack([result.images[i][1] for i in idx]), geometry).astype(np.float32)

@@ -1,10 +1,14 @@
 """The ``design`` command: global robustness of several models on the same inputs with the same
-budget, ranked, and the comparisons their bounds prove."""
+budget, ranked, and the comparisons their bounds prove.
+
+With ``--out``: ``results.json`` (the result document: ``models`` lists the models compared, the
+ranking is in ``summary``, the proven comparisons in ``claims``, each input's bounds per model in
+``samples``) and ``design.png``."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,7 +18,18 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from l0tre_cli.kit import SEARCH_PANEL, Common, InputProgress, common_options, console, search_options
-from l0tre_core import Budget, DataError, RunResult, ThreatModel, UsageError, atomic_write, evaluate
+from l0tre_core import (
+    Budget,
+    DataError,
+    RunResult,
+    ThreatModel,
+    UsageError,
+    atomic_write,
+    checked_result,
+    evaluate,
+    result_document,
+    write_result_json,
+)
 from l0tre_design.compare import ModelBounds, claims, global_guarantee, rank
 from l0tre_design.figure import design_png
 
@@ -49,13 +64,15 @@ def design(
     # every model gets the same threat model, budget, seed and inputs
     threat = ThreatModel(lo=lo, hi=hi, unit="pixel", values=values, score=score)
     out = common.prepare_out()  # before the long part: a bad --out fails at once
-    quiet = common.quiet or common.format == "json"
     rows: list[dict[str, Any]] = []
+    results: list[RunResult] = []
+    started = time.monotonic()
     for k, (name, model) in enumerate(zip(names, models), 1):
-        with InputProgress(f"model {k}/{len(models)} {name}", len(data), quiet=quiet) as progress:
+        with InputProgress(f"model {k}/{len(models)} {name}", len(data), quiet=common.quiet) as progress:
             result = evaluate(model, datasets[k - 1], threat=threat, budget=budget, lower=lower, device=common.device,
                               seed=common.seed, host=common.host, listeners=[progress], upper=upper)
         rows.append(_row(name, model, datasets[k - 1], result))
+        results.append(result)
     bounds = {r["name"]: ModelBounds(r["name"], r["lower"], r["upper"], r["guarantee"]) for r in rows}
     ranked = rank(bounds.values())
     verdicts = claims(ranked)
@@ -63,15 +80,18 @@ def design(
     for r in rows:
         r["rank"] = order[r["name"]]
     rows.sort(key=lambda r: r["rank"])
-    report = {
-        "threat": threat.to_dict(),
-        "budget": {"max_t": max_t, "time_limit_per_model": time_limit, "input_time_limit": input_time_limit, "lower": lower},
-        "data": {"source": data.source, "inputs": len(data), "first_index": int(data.index[0])},
-        "seed": common.seed,
-        "ranking": RANKING,
-        "models": rows,
-        "claims": [dataclasses.asdict(v) for v in verdicts],
-    }
+    report = checked_result(result_document(
+        "design",
+        models=[{"name": name, **model.describe()} for name, model in zip(names, models)],
+        threat=threat.to_dict(),
+        data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0])},
+        budget={"max_t": max_t, "time_limit_per_model": time_limit, "input_time_limit": input_time_limit, "lower": lower},
+        seed=common.seed,
+        seconds=round(time.monotonic() - started, 3),
+        claims=[dataclasses.asdict(v) for v in verdicts],
+        summary={"inputs": len(data), "ranked_by": RANKING, "ranking": rows},
+        samples=_samples(data, names, results),
+    ))
     if common.format == "json":
         console.print_json(report)
     else:
@@ -101,6 +121,19 @@ def _check_same_inputs(models: list[Any], datasets: list[Any], names: list[str])
                             f"{first.geometry.n_pixels} x {first.geometry.n_channels})")
 
 
+def _samples(data: Any, names: list[str], results: list[RunResult]) -> list[dict[str, Any]]:
+    """Per input: its bounds under every model (by name)."""
+    samples = []
+    for pos in range(len(data)):
+        per_model = {}
+        for name, result in zip(names, results):
+            s = result.samples[pos]
+            per_model[name] = {"reference": s.reference, "lower": s.lower, "upper": s.upper, "guarantee": s.guarantee}
+        samples.append({"index": int(data.index[pos]), "label": None if data.y is None else int(data.y[pos]),
+                        "models": per_model})
+    return samples
+
+
 def _row(name: str, model: Any, data: Any, result: RunResult) -> dict[str, Any]:
     accuracy = None
     if data.y is not None:
@@ -122,23 +155,23 @@ def _row(name: str, model: Any, data: Any, result: RunResult) -> dict[str, Any]:
 
 
 def _print(report: dict[str, Any]) -> None:
-    n = report["data"]["inputs"]
+    n = report["summary"]["inputs"]
     table = Table(show_edge=False, title=f"global robustness on the same {n} inputs (mean pixels that must change)")
     for col in ("rank", "model", "accuracy", "lower", "guarantee", "upper", "exact", "seconds"):
         table.add_column(col, justify="left" if col in ("model", "guarantee") else "right")
-    for r in report["models"]:
+    for r in report["summary"]["ranking"]:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
         up = "?" if r["upper"] is None else f"{r['upper']:.3f}"
         table.add_row(str(r["rank"]), r["name"], acc, f"{r['lower']:.3f}", r["guarantee"], up,
                       f"{r['exact']}/{r['inputs']}", f"{r['seconds']:.1f}")
     console.out.print(table)
-    console.out.print(f"ranked {report['ranking']}; accuracy is on these inputs only")
+    console.out.print(f"ranked {report['summary']['ranked_by']}; accuracy is on these inputs only")
     for c in report["claims"]:
         console.out.print(c["text"])
 
 
 
 def _write_files(out: Path, report: dict[str, Any], ordered: list[ModelBounds]) -> None:
-    atomic_write(out / "design.json", lambda fh: json.dump(report, fh, indent=2))
+    write_result_json(out, report)
     png = design_png(ordered)
     atomic_write(out / "design.png", lambda fh: fh.write(png), binary=True)

@@ -20,6 +20,7 @@ from l0tre_core import (
     RunResult,
     ThreatModel,
     UsageError,
+    checked_result,
     evaluate,
 )
 
@@ -64,8 +65,7 @@ def robustness(
     rate = measure_rate(model, data.x) if talk else None
     if rate is not None and evaluations(len(data), encoder.n_units, n_values, max_t) / rate > LARGE:
         console.err.print(estimate_line(len(data), encoder.n_units, n_values, max_t, rate), soft_wrap=True, markup=False)
-    view = InputProgress("l0tre robustness", len(data), quiet=common.quiet or common.format == "json", classifier=model,
-                         resumed=resume)
+    view = InputProgress("l0tre robustness", len(data), quiet=common.quiet, classifier=model, resumed=resume)
     try:
         with view:
             result = evaluate(
@@ -86,7 +86,7 @@ def robustness(
         report(exc.result, common, out)  # the verified witnesses are results too
         raise
     report(result, common, out)
-    if rate is not None and common.format != "json":
+    if rate is not None and common.format != "json":  # a hint for table runs (progress stays on with json)
         console.err.print(
             further_line(inputs=len(data), total=total, seconds=result.seconds, units=encoder.n_units,
                          values=n_values, max_t=max_t, rate=rate,
@@ -97,7 +97,7 @@ def robustness(
 
 def report(result: RunResult, common: Common, out: Path | None) -> None:
     if common.format == "json":
-        console.print_json(result.to_json())
+        console.print_json(checked_result(result.to_json()))  # what results.json holds
     else:
         print_table(result)
     for note in result.model.get("notes", []):

@@ -1,4 +1,7 @@
-"""The ``saliency`` command: per input, the t = 1 sensitivity map and its most sensitive pixels."""
+"""The ``saliency`` command: per input, the t = 1 sensitivity map and its most sensitive pixels.
+
+With ``--out``: ``saliency.npz``, ``saliency.png`` and ``results.json`` (the result document: one
+sample per input with its top pixels)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,17 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
-from l0tre_core import CHUNK, SearchContext, ThreatModel, UsageError, atomic_write, pick_kernels
+from l0tre_core import (
+    CHUNK,
+    SearchContext,
+    ThreatModel,
+    UsageError,
+    atomic_write,
+    checked_result,
+    pick_kernels,
+    result_document,
+    write_result_json,
+)
 from l0tre_saliency.figure import saliency_png
 from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
 
@@ -41,7 +54,8 @@ def saliency(
     shape = image_shape(model.geometry)
     maps: list[SaliencyMap] = []
     records: list[dict[str, Any]] = []
-    with InputProgress("saliency", len(data), quiet=common.quiet or common.format == "json") as steps:
+    started = time.monotonic()
+    with InputProgress("saliency", len(data), quiet=common.quiet) as steps:
         for pos in range(len(data)):
             started = time.monotonic()
             ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), CHUNK)
@@ -50,13 +64,30 @@ def saliency(
             label = None if data.y is None else int(data.y[pos])
             records.append(_record(int(data.index[pos]), label, int(refs[pos]), smap, shape, top, time.monotonic() - started))
             steps.update(steps.done + 1)
-    report = {"model": model.describe()["path"], "threat": threat.to_dict(), "image_shape": list(shape), "inputs": records}
+    seconds = time.monotonic() - started
+    report = checked_result(result_document(
+        "saliency",
+        model=model.describe(),
+        threat=threat.to_dict(),
+        data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
+        image_shape=list(shape),
+        top=top,
+        seconds=round(seconds, 3),
+        summary={
+            "inputs": len(records),
+            "single_pixel_flips": sum(r["single_pixel_flip"] for r in records),  # inputs one pixel alone flips
+            "evaluations": sum(r["evaluations"] for r in records),
+            "seconds": round(seconds, 3),
+        },
+        samples=records,
+    ))
     if common.format == "json":
         console.print_json(report)
     else:
         _print_tables(records, threat.score)
     if out is not None:
         _write_files(out, data, refs, maps, shape, model.card.range, records)
+        write_result_json(out, report)
         if not common.quiet:
             console.err.print(f"saliency maps written to {out}")
 

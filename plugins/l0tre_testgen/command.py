@@ -1,10 +1,12 @@
 """The ``testgen`` command: adversarial test cases from the L0-TRE search, with a summary of the
-set (inputs covered, L0 distances, new labels) and its neuron coverage."""
+set (inputs covered, L0 distances, new labels) and its neuron coverage.
+
+With ``--out``: ``tests.npz`` and ``results.json`` (the result document: one sample per input,
+every test case under ``cases``, the coverage under ``coverage``)."""
 
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +18,17 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
-from l0tre_core import Budget, SearchContext, ThreatModel, UsageError, atomic_write, pick_kernels
+from l0tre_core import (
+    Budget,
+    SearchContext,
+    ThreatModel,
+    UsageError,
+    atomic_write,
+    checked_result,
+    pick_kernels,
+    result_document,
+    write_result_json,
+)
 from l0tre_testgen.coverage import coverage_report
 from l0tre_testgen.generate import TestCase, generate
 
@@ -47,7 +59,7 @@ def testgen(
     refs = model.predict(data.x)
     started = time.monotonic()
     per: list[tuple[int, list[TestCase], float]] = []  # (position, cases, seconds)
-    with InputProgress("testgen", len(data), quiet=common.quiet or common.format == "json") as steps:
+    with InputProgress("testgen", len(data), quiet=common.quiet) as steps:
         for pos in range(len(data)):
             t0 = time.monotonic()
             deadline = None if input_time_limit is None else t0 + input_time_limit
@@ -55,9 +67,8 @@ def testgen(
             per.append((pos, generate(ctx, max_t, per_input, deadline), time.monotonic() - t0))
             steps.update(steps.done + 1)
     adv = _adversarial_images(data, per)
-    report = _report(model, data, refs, threat, per, max_t, per_input, time.monotonic() - started)
-    if coverage:
-        report["coverage"] = coverage_report(model, data.x, adv)
+    measured = coverage_report(model, data.x, adv) if coverage else None
+    report = checked_result(_report(model, data, refs, threat, per, max_t, per_input, time.monotonic() - started, measured))
     if common.format == "json":
         console.print_json(report)
     else:
@@ -75,7 +86,8 @@ def _adversarial_images(data: Any, per: list[tuple[int, list[TestCase], float]])
 
 
 def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: list[tuple[int, list[TestCase], float]],
-            max_t: int, per_input: int, seconds: float) -> dict[str, Any]:
+            max_t: int, per_input: int, seconds: float, coverage: dict[str, Any] | None) -> dict[str, Any]:
+    """The result document: one sample per input; ``cases`` (every test case), ``coverage``."""
     inputs, cases = [], []
     for pos, found, secs in per:
         index = int(data.index[pos])
@@ -87,12 +99,16 @@ def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: l
                           "level": c.level, "source": c.source, "pixels": c.witness.units.tolist()})
     l0s = Counter(c["l0"] for c in cases)
     news = Counter(f"{c['label_clean']}->{c['label_new']}" for c in cases)
-    return {
-        "model": model.describe()["path"],
-        "threat": threat.to_dict(),
-        "max_t": max_t,
-        "per_input": per_input,
-        "summary": {
+    extras: dict[str, Any] = {} if coverage is None else {"coverage": coverage}
+    return result_document(
+        "testgen",
+        model=model.describe(),
+        threat=threat.to_dict(),
+        data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
+        max_t=max_t,
+        per_input=per_input,
+        seconds=round(seconds, 3),
+        summary={
             "inputs": len(per),
             "inputs_with_cases": sum(1 for _, found, _ in per if found),
             "cases": len(cases),
@@ -101,16 +117,17 @@ def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: l
             "transitions": {k: news[k] for k in sorted(news)},
             "seconds": round(seconds, 3),
         },
-        "inputs": inputs,
-        "cases": cases,
-    }
+        cases=cases,
+        **extras,
+        samples=inputs,
+    )
 
 
 def _print(report: dict[str, Any]) -> None:
     table = Table(show_edge=False, title=f"adversarial test cases (levels t = 1..{report['max_t']}, up to {report['per_input']} per input)")
     for col in ("index", "label", "pred", "cases", "L0", "new labels", "seconds"):
         table.add_column(col, justify="right")
-    for r in report["inputs"]:
+    for r in report["samples"]:
         table.add_row(str(r["index"]), "-" if r["label"] is None else str(r["label"]), str(r["reference"]), str(r["cases"]),
                       ",".join(map(str, r["l0"])) or "-", ",".join(map(str, r["new_labels"])) or "-", f"{r['seconds']:.2f}")
     console.out.print(table)
@@ -145,5 +162,5 @@ def _write_files(out: Path, model: Any, data: Any, refs: np.ndarray, per: list[t
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(out / "tests.npz", lambda fh: fh.write(buf.getvalue()), binary=True)
-    atomic_write(out / "testgen.json", lambda fh: json.dump(report, fh, indent=2))
+    write_result_json(out, report)
 
