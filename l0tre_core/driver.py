@@ -97,10 +97,8 @@ class Driver:
         return ordered
 
     def _references(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState]) -> list[SampleState]:
-        todo = [p for p, i in enumerate(index) if int(i) not in states]
-        preds = np.full(len(x), -1, np.int64)
-        if todo:
-            preds[todo] = self.classifier.predict(x[todo])
+        preds = self.classifier.predict(x) if len(x) else np.zeros(0, np.int64)
+        self._data = (x, preds)  # every input and its class: donors for the upper bound's last resort
         out = []
         for pos, i in enumerate(index):
             label = None if labels is None else int(labels[pos])
@@ -142,6 +140,8 @@ class Driver:
             deadline = own if deadline is None else min(deadline, own)
         evals0 = self.classifier.evaluations
         ctx = SearchContext(self.classifier, self.kernels, self.threat, x, state.reference, self.budget.chunk)
+        xs, preds = self._data
+        ctx.donors = xs[preds != state.reference]
         if state.level >= 1 and self.upper_methods and not state.settled:
             # a resumed input: rebuild the t = 1 ranking other searches draw on, as the
             # uninterrupted run had it (cheap, and the same every time)

@@ -82,6 +82,17 @@ class SensitivityUnion:
         return None if state.settled else step.union()
 
 
+class TowardOtherInputs:
+    name = "toward-data"
+    kind = "upper"
+    description = "last resort: move pixels towards inputs of the data the model classifies otherwise, fewest first"
+
+    def improve(self, ctx: Any, state: Any, t: int, deadline: float | None, rng: np.random.Generator) -> Witness | None:
+        if state.upper is not None or t != 1:
+            return None  # only for an input no other search has found a witness for
+        return ctx.toward_donors(deadline)
+
+
 @hookimpl
 def l0tre_register_array_kernels(register: Callable[[Any], None]) -> None:
     register(NumpyKernels())
@@ -92,3 +103,4 @@ def l0tre_register_bound_methods(register: Callable[[Any], None]) -> None:
     register(DiscreteEnumeration())
     register(BoundPropagation())
     register(SensitivityUnion())
+    register(TowardOtherInputs())

@@ -14,6 +14,7 @@ from l0tre_core.witness import Witness, flips, score
 from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
 from l0tre_core.threat import ThreatModel
 
+DONORS = 8  # inputs of the data tried by the last resort of the upper bound
 TOP_K = 4096  # most sensitive subsets kept per level (all of them at t = 1 for images up to 64x64)
 PREFIX_BATCH = 32
 
@@ -87,6 +88,9 @@ class SearchContext:
         self.clean_score = float(self.score(clean)[0])
         self.sensitivities: dict[int, Sensitivity] = {}  # the latest sweep of each level, for other searches
         self.levels: dict[int, Level] = {}  # the step of each level, once taken
+        # inputs of the data the model classifies otherwise (canonical, one row per input): the
+        # last resort of the upper bound moves pixels towards them (set by whoever owns the data)
+        self.donors: np.ndarray | None = None
         self._buffer: Any = None  # reused perturbation batch, clean except at _dirty
         self._dirty: Any = None
 
@@ -128,6 +132,40 @@ class SearchContext:
             step = Level(self, self.sweep(t, deadline))
             self.levels[t] = step
         return step
+
+    def toward_donors(self, deadline: float | None, most: int = DONORS) -> Witness | None:
+        """A witness found by moving units of the input to their values in an input the model
+        classifies otherwise (the nearest ``most`` of ``donors``, fewest differing units first):
+        for each, the fewest of its most different units that flip the label (bisection over the
+        count; all of them always flip, since the donor itself is classified otherwise), tightened
+        and verified. The last resort where the searches over V find nothing."""
+        if self.donors is None or not len(self.donors):
+            return None
+        donors = self.donors.reshape(len(self.donors), self.encoder.n_units, self.encoder.channels).astype(np.float32)
+        gap = np.abs(donors - self.x_units[None]).sum(axis=2)  # [M, U]
+        best: Witness | None = None
+        for m in np.argsort((gap > 0).sum(axis=1), kind="stable")[:most]:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            order = np.argsort(-gap[m], kind="stable")[: int((gap[m] > 0).sum())]
+
+            def flipped(k: int) -> bool:
+                adv = self.x_units.copy()
+                adv[order[:k]] = donors[m, order[:k]]
+                return bool(flips(self.classifier.outputs(self.units_image(adv)[None]), self.ref)[0])
+
+            if not len(order) or not flipped(len(order)):
+                continue  # a donor the model no longer classifies otherwise (a tie, NaN)
+            lo, hi = 0, len(order)  # flipped(hi) holds
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if flipped(mid) else (mid, hi)
+            adv = self.x_units.copy()
+            adv[order[:hi]] = donors[m, order[:hi]]
+            w = self.tighten(Witness.between(self.x_units, adv))
+            if self.verify(w) and (best is None or w.size < best.size):
+                best = w
+        return best
 
     def sweep(self, t: int, deadline: float | None, top_k: int = TOP_K) -> Sensitivity:
         result = self._sweep(t, deadline, top_k)
