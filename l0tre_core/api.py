@@ -167,6 +167,7 @@ def evaluate(
     """
     from l0tre_core.host import create_host
 
+    started = time.monotonic()  # the run's clock: preparing the lower bounds is part of its time
     host = host or create_host()
     threat = threat or ThreatModel(lo=classifier.card.lo, hi=classifier.card.hi)
     budget = budget or Budget()
@@ -189,8 +190,10 @@ def evaluate(
         "seed": seed,
         "version": l0tre_core.__version__,
     }
+    # (seconds since the run began, global lower, global upper) after each finished step; a resumed
+    # run continues the checkpoint's history, its clock from where the saved steps left off
     history: list[tuple[float, float, float | None]] = []
-    started = time.monotonic()
+    before = 0.0  # seconds the run had spent by its last saved step, before this resume
     checkpoint = None
     states: dict[int, SampleState] = {}
     if out is not None:
@@ -205,13 +208,16 @@ def evaluate(
                 encoder.channels, units=encoder.n_units, classes=classifier.n_classes, value_range=(threat.lo, threat.hi)
             )
             check_resumed(classifier, threat, data, states)
+            history = list(checkpoint.history)
+            before = history[-1][0] if history else 0.0
         checkpoint.start(resume)
 
     def record(update: BoundUpdate, state: SampleState) -> None:
         if update.recorded:  # a finished step; phase announcements only inform the views
-            history.append((time.monotonic() - started, update.global_lower, update.global_upper))
+            point = (before + time.monotonic() - started, update.global_lower, update.global_upper)
+            history.append(point)
             if checkpoint is not None:
-                checkpoint.record(state)
+                checkpoint.record(state, at=point)
         host.hook.l0tre_bounds_updated(update=update)
 
     driver = Driver(

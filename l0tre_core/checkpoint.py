@@ -5,6 +5,10 @@ resuming with anything else is refused rather than mixed in. A torn last line (t
 killed mid-write) is ignored; a checkpoint killed before its first line was whole holds no work
 and starts afresh; any other damage is an error. Every record is checked field by field (types,
 ranges, witness shape) before it is used: a checkpoint is data, never code.
+
+Each step's record also holds ``at``: [seconds since the run began, global lower, global upper]
+after that step, so a resumed run's history (``convergence.png``) goes back to the start. A
+checkpoint without them (an older l0tre) is replayed instead: time from the inputs' own seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Checkpoint:
         self.key = fingerprint(identity)
         self._fh: Any = None
         self._fresh = False  # the checkpoint on disk holds no whole header: start it anew
+        # (seconds since the run began, global lower, global upper) after each step loaded
+        self.history: list[tuple[float, float, float | None]] = []
 
     def load(
         self,
@@ -68,6 +74,7 @@ class Checkpoint:
         if lines and lines[-1] == b"":
             lines.pop()
         states: dict[int, SampleState] = {}
+        history: list[tuple[float, float, float | None]] = []
         for number, raw in enumerate(lines, 1):
             try:
                 record = json.loads(raw)
@@ -89,16 +96,34 @@ class Checkpoint:
                     )
                 continue
             try:
-                if not isinstance(record, dict) or set(record) != {"state"}:
+                if not isinstance(record, dict) or set(record) not in ({"state"}, {"state", "at"}):
                     raise ValueError("not a state record")
                 check_state(record["state"], channels, units, classes, value_range)
                 state = SampleState.from_json(record["state"], channels)
+                at = check_at(record["at"]) if "at" in record else None
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise CheckpointError(f"checkpoint {self.path} is corrupt at line {number} ({exc}); refusing to resume") from None
             states[state.index] = state
+            history.append(at if at is not None else self._replayed(states, history))
         if not lines:  # killed between creating the file and writing its header
             self._fresh = True
+        self.history = history
         return states
+
+    def _replayed(self, states: dict[int, SampleState],
+                  history: list[tuple[float, float, float | None]]) -> tuple[float, float, float | None]:
+        """The history point of a record without ``at``: inputs are searched one after another, so
+        the time is the sum of their seconds (never before the previous point); inputs without a
+        record yet count as unsearched (lower 1, as every input starts, and no witness)."""
+        seconds = sum(s.seconds for s in states.values())
+        if history:
+            seconds = max(seconds, history[-1][0])
+        index = self.identity.get("index")
+        n = max(len(index) if isinstance(index, list) else 0, len(states))
+        lower = (sum(s.lower for s in states.values()) + SampleState.lower_sound * (n - len(states))) / n
+        uppers = [s.upper for s in states.values()]
+        upper = None if len(states) < n or any(u is None for u in uppers) else sum(uppers) / n  # type: ignore[arg-type]
+        return (float(seconds), float(lower), None if upper is None else float(upper))
 
     def start(self, resume: bool) -> None:
         try:
@@ -119,8 +144,13 @@ class Checkpoint:
             self._fh.truncate(keep)
             self._fh.seek(keep)
 
-    def record(self, state: SampleState) -> None:
-        self._write({"state": state.to_json()})
+    def record(self, state: SampleState, at: tuple[float, float, float | None] | None = None) -> None:
+        """Save a finished step; ``at``: (seconds since the run began, global lower, global upper)."""
+        record: dict[str, Any] = {"state": state.to_json()}
+        if at is not None:
+            t, lower, upper = at
+            record["at"] = [round(t, 4), lower, upper]
+        self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
@@ -140,6 +170,20 @@ class Checkpoint:
                 fh.close()
             except OSError:
                 pass  # a failed flush of a torn line: --resume ignores a torn last line
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+def check_at(data: Any) -> tuple[float, float, float | None]:
+    """A record's ``at`` as (seconds, global lower, global upper); ValueError unless well formed."""
+    if not isinstance(data, list) or len(data) != 3:
+        raise ValueError("at must be [seconds, global lower, global upper]")
+    t, lower, upper = data
+    if not _finite(t) or not _finite(lower) or not (upper is None or _finite(upper)):
+        raise ValueError("at must hold non-negative finite numbers (upper may be null)")
+    return float(t), float(lower), None if upper is None else float(upper)
 
 
 _INT_FIELDS = ("index", "reference", "lower_sound", "lower_discrete", "level", "evaluations")

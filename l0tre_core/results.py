@@ -199,21 +199,71 @@ def write_results(result: RunResult, folder: Path, sample_shape: tuple[int, ...]
     return [path for path, _, _ in files]
 
 
+def lower_guarantee(guarantees: set[str]) -> str:
+    """What a mean of lower bounds with these per-input guarantees is guaranteed to be, in words."""
+    proven = guarantees - {"none"}
+    if not proven:
+        return "trivial: nothing proven yet"
+    if proven == {"sound"}:
+        return "sound" if "none" not in guarantees else "sound where proven"
+    if proven == {"discrete"}:
+        return "discrete: over the values V only"
+    return "sound or discrete (over V), per input"
+
+
+def convergence_points(result: RunResult) -> list[tuple[float, float, float | None]]:
+    """The history drawn by ``convergence.png``: from time 0, where only the start is known (every
+    input's lower bound 1, or 0 with no witness needed for a misclassified one), to the last step."""
+    points = [(float(t), float(lo), None if up is None else float(up)) for t, lo, up in result.history]
+    if not points or points[0][0] > 0:
+        start = [0 if s.upper == 0 else SampleState.lower_sound for s in result.samples]
+        lower = float(np.mean(start)) if start else 0.0
+        upper = 0.0 if start and not any(start) else None
+        points.insert(0, (0.0, lower, upper))
+    return points
+
+
 def convergence_png(result: RunResult) -> bytes:
+    """``convergence.png``: the global lower and upper bound after every finished step, from the
+    start of the run (a resumed run's history includes the steps before the resume)."""
     from l0tre_core.figures import png, pyplot
 
-    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=100)
-    if result.history:
-        ts = [h[0] for h in result.history]
-        ax.step(ts, [h[1] for h in result.history], where="post", label="global lower bound")
-        ups = [(h[0], h[2]) for h in result.history if h[2] is not None]
-        if ups:
-            ax.step([u[0] for u in ups], [u[1] for u in ups], where="post", label="global upper bound")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("mean L0 distance (pixels)")
-    ax.set_title("anytime bounds of global robustness")
-    if result.history:
-        ax.legend(loc="best")
+    lower_colour, upper_colour = "#1f5fa8", "#d1495b"
+    points = convergence_points(result)
+    end = max(points[-1][0], result.seconds, 1e-3)
+    right = end * 1.12  # the bounds reached hold after the run: drawn on to the right edge
+    finite = [p[2] for p in points if p[2] is not None]
+    top = max([1.0, *(p[1] for p in points), *finite]) * 1.25
+    unbounded = top * 0.94  # where "no finite upper bound yet" is drawn
+    ts = [p[0] for p in points] + [right]
+    los = [p[1] for p in points] + [points[-1][1]]
+    ups = [unbounded if p[2] is None else p[2] for p in points]
+    ups.append(ups[-1])
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.2), dpi=110)
+    ax.fill_between(ts, los, ups, step="post", color="#888888", alpha=0.15, linewidth=0,
+                    label="mean d* lies in this band")
+    guarantee = lower_guarantee({s.guarantee for s in result.samples})
+    ax.step(ts, ups, where="post", color=upper_colour, linewidth=2.2, linestyle="--",
+            label="global upper bound (verified witnesses)")
+    ax.plot(ts[:-1], ups[:-1], "s", color=upper_colour, markersize=4)
+    ax.step(ts, los, where="post", color=lower_colour, linewidth=2.2, label=f"global lower bound ({guarantee})")
+    ax.plot(ts[:-1], los[:-1], "o", color=lower_colour, markersize=4)
+    if any(p[2] is None for p in points):
+        ax.annotate("upper = \u221e while some input has no witness", (0, unbounded), xytext=(6, 4),
+                    textcoords="offset points", va="bottom", ha="left", fontsize=8, color=upper_colour)
+    ax.set_ylim(0, top)
+    ax.set_xlim(0, right)
+    n = len(result.samples)
+    last_lo, last_up = points[-1][1], points[-1][2]
+    ax.annotate(f"{last_lo:.2f}", (right, last_lo), xytext=(-3, -3), textcoords="offset points", va="top",
+                ha="right", color=lower_colour, fontsize=9, fontweight="bold")
+    if last_up is not None:
+        ax.annotate(f"{last_up:.2f}", (right, last_up), xytext=(-3, 3), textcoords="offset points", va="bottom",
+                    ha="right", color=upper_colour, fontsize=9, fontweight="bold")
+    ax.set_xlabel("time since the run began (seconds)")
+    ax.set_ylabel("mean pixels that must change (L0)")
+    ax.set_title(f"Anytime bounds on global L0 robustness ({n} input{'s' if n != 1 else ''})", fontsize=11)
+    ax.legend(loc="best", fontsize=8.5, framealpha=0.9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return png(fig)

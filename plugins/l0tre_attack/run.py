@@ -129,6 +129,15 @@ def attack_input(ctx: SearchContext, search: RandomSearch, rng: np.random.Genera
         outcome = search.search(ctx, w, rng, deadline, lower=lower, queries=budget, prior=prior)
         if outcome.witness is not None and (w is None or outcome.witness.size < w.size):
             w, found_by = outcome.witness, "random-search"
+    if w is None:  # the last resort: towards an input of the data the model classifies otherwise
+        w = ctx.toward_donors(deadline)
+        if w is not None:
+            found_by = "toward-data"
+            if budget > 0:  # and shrink what it found like any other example
+                outcome = search.search(ctx, w, rng, deadline, lower=lower, queries=budget,
+                                        prior=UnitPrior.from_sensitivity(sens, ctx.encoder.n_units, ctx.values))
+                if outcome.witness is not None and outcome.witness.size < w.size:
+                    w, found_by = outcome.witness, "random-search"
     return w, l0_sens, lower, found_by
 
 
@@ -190,7 +199,7 @@ def run_attack(
             if run_deadline is not None and time.monotonic() > run_deadline:
                 complete = False
                 break
-            record, pair = _attack_one(classifier, kernels, threat, search, data, pos, int(preds[pos]), seed,
+            record, pair = _attack_one(classifier, kernels, threat, search, data, pos, preds, seed,
                                        budget, k_max, run_deadline, input_time_limit)
             records.append(record)
             if pair is not None:
@@ -215,17 +224,19 @@ def run_attack(
 
 
 def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: RandomSearch, data: Any, pos: int,
-                pred: int, seed: int, budget: int, k_max: int, run_deadline: float | None,
+                preds: np.ndarray, seed: int, budget: int, k_max: int, run_deadline: float | None,
                 input_time_limit: float | None) -> tuple[AttackRecord, tuple[np.ndarray, np.ndarray] | None]:
     t0 = time.monotonic()
     ev0 = classifier.evaluations
     index = int(data.index[pos])
     label = None if data.y is None else int(data.y[pos])
+    pred = int(preds[pos])
     ref = label if threat.against == "label" else pred
     deadline = run_deadline
     if input_time_limit is not None:
         deadline = t0 + input_time_limit if deadline is None else min(deadline, t0 + input_time_limit)
     ctx = SearchContext(classifier, kernels, threat, data.x[pos], ref, CHUNK)
+    ctx.donors = data.x[preds != ref]
     notes: list[str] = []
     if pred != ref:  # misclassified and attacked against its label: the clean input is the example
         w: Witness | None = Witness(np.zeros(0, np.int64), np.zeros((0, ctx.encoder.channels), np.float32))
@@ -296,6 +307,7 @@ def _display(x: np.ndarray, shape: tuple[int, int], lo: float, hi: float) -> tup
 
 
 def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS) -> bytes:
+    """One row per adversarial example: clean | adversarial (changed pixels outlined) | difference."""
     from matplotlib.patches import Rectangle
 
     from l0tre_core import png, pyplot
@@ -303,12 +315,14 @@ def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS)
     lo, hi = result.threat["range"]
     shape = _image_shape(geometry)
     shown = [r for r in result.records if r.witness is not None and r.index in result.images][:pairs]
-    per_row = 4
-    rows = max(1, math.ceil(len(shown) / per_row))
-    cols = 2 * min(per_row, max(1, len(shown)))
-    fig, axes = pyplot().subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), dpi=100, squeeze=False)
+    rows = max(1, len(shown))
+    wide = shape[1] / max(shape[0], 1)
+    panel = 2.4
+    fig, axes = pyplot().subplots(rows, 3, figsize=(3 * panel * min(max(wide, 0.6), 3) + 0.6, panel * rows + 0.9),
+                                  dpi=110, squeeze=False)
     for ax in axes.ravel():
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
     classes = result.model.get("card", {}).get("classes")
 
     def name(k: int | None) -> str:
@@ -318,18 +332,35 @@ def adversarial_png(result: AttackResult, geometry: Any, pairs: int = PNG_PAIRS)
 
     for i, r in enumerate(shown):
         clean, adv = result.images[r.index]
-        ax_c, ax_a = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
-        img, cmap = _display(clean, shape, lo, hi)
-        ax_c.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax_c.set_title(f"#{r.index}: {name(r.reference)}", fontsize=7)
-        img, cmap = _display(adv, shape, lo, hi)
-        ax_a.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax_c, ax_a, ax_d = axes[i]
+        img_c, cmap = _display(clean, shape, lo, hi)
+        ax_c.imshow(img_c, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax_c.set_title(f"#{r.index} clean: {name(r.reference)}", fontsize=10)
+        img_a, cmap = _display(adv, shape, lo, hi)
+        ax_a.imshow(img_a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         ys, xs = np.divmod(r.witness.units, shape[1])  # type: ignore[union-attr]
         for y, x in zip(ys, xs):
-            ax_a.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=0.6))
-        ax_a.set_title(f"-> {name(r.adversarial_label)} (L0={r.l0})", fontsize=7)
+            ax_a.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.0))
+        ax_a.set_title(f"adversarial: {name(r.adversarial_label)} (L0 = {r.l0})", fontsize=10)
+        diff = np.asarray(img_a, np.float64) - np.asarray(img_c, np.float64)
+        if diff.ndim == 3:
+            diff = diff.mean(axis=-1)
+        ax_d.imshow(diff, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax_d.set_title("difference (red +, blue -)", fontsize=10)
+        for ax in (ax_c, ax_a, ax_d):
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#888888")
     if not shown:
-        axes[0, 0].text(0.5, 0.5, "no adversarial examples", ha="center", va="center")
-    fig.suptitle("clean / adversarial (changed pixels in red)", fontsize=8)
-    fig.tight_layout()
+        axes[0, 1].text(0.5, 0.5, "no adversarial examples", ha="center", va="center", fontsize=11,
+                        transform=axes[0, 1].transAxes)
+    fig.suptitle("Adversarial examples: clean | adversarial (changed pixels outlined in red) | difference",
+                 fontsize=11)
+    fig.tight_layout(h_pad=2.2)
+    # a rule between pairs, so each row reads as one example
+    for i in range(1, len(shown)):
+        top = axes[i - 1, 0].get_position().y0
+        bottom = axes[i, 0].get_position().y1
+        y = (top + bottom) / 2 + 0.012
+        fig.add_artist(pyplot().Line2D([0.02, 0.98], [y, y], transform=fig.transFigure, color="#666666",
+                                       linewidth=1.0))
     return png(fig)

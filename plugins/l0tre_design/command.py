@@ -173,5 +173,5 @@ def _print(report: dict[str, Any]) -> None:
 
 def _write_files(out: Path, report: dict[str, Any], ordered: list[ModelBounds]) -> None:
     write_result_json(out, report)
-    png = design_png(ordered)
+    png = design_png(ordered, inputs=report["summary"]["inputs"])
     atomic_write(out / "design.png", lambda fh: fh.write(png), binary=True)

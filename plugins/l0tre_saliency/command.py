@@ -27,7 +27,7 @@ from l0tre_core import (
     result_document,
     write_result_json,
 )
-from l0tre_saliency.figure import saliency_png
+from l0tre_saliency.figure import SCALES, saliency_png
 from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
 
 PANEL = "Saliency"
@@ -41,9 +41,14 @@ def saliency(
     values: str,
     score: str,
     top: Annotated[int, typer.Option("--top", help="Most sensitive pixels listed per input", rich_help_panel=PANEL)] = 10,
+    scale: Annotated[str, typer.Option("--scale", help="Colour scale of saliency.png: shared (one scale for every "
+                                       "input, comparable) or per-panel (each map its own range)",
+                                       rich_help_panel=PANEL)] = "shared",
 ) -> None:
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
+    if scale not in SCALES:
+        raise UsageError(f"--scale must be shared or per-panel, got {scale!r}", field="scale")
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit="pixel", values=values, score=score)
     data = common.load_data(model)
@@ -86,7 +91,7 @@ def saliency(
     else:
         _print_tables(records, threat.score)
     if out is not None:
-        _write_files(out, data, refs, maps, shape, model.card.range, records)
+        _write_files(out, data, refs, maps, shape, model.card.range, records, scale=scale, score=threat.score)
         write_result_json(out, report)
         if not common.quiet:
             console.err.print(f"saliency maps written to {out}")
@@ -126,7 +131,8 @@ def _print_tables(records: list[dict[str, Any]], score: str) -> None:
 
 
 def _write_files(out: Path, data: Any, refs: np.ndarray, maps: list[SaliencyMap], shape: tuple[int, int],
-                 value_range: tuple[float, float], records: list[dict[str, Any]]) -> None:
+                 value_range: tuple[float, float], records: list[dict[str, Any]], *, scale: str = "shared",
+                 score: str = "margin") -> None:
     h, w = shape
     stacked = np.stack([m.sensitivity.reshape(h, w) for m in maps]).astype(np.float32)
     flips = np.stack([m.flips.reshape(h, w) for m in maps])
@@ -134,7 +140,8 @@ def _write_files(out: Path, data: Any, refs: np.ndarray, maps: list[SaliencyMap]
     np.savez_compressed(buf, index=data.index.astype(np.int64), maps=stacked, flips=flips, reference=refs.astype(np.int64))
     atomic_write(out / "saliency.npz", lambda fh: fh.write(buf.getvalue()), binary=True)
     images = data.x.reshape(len(data), h, w, -1)
-    titles = [f"#{r['index']} pred {r['reference']}" + (" (1-px flip)" if r["single_pixel_flip"] else "") for r in records]
-    png = saliency_png(images, stacked, titles, value_range)
+    titles = [f"#{r['index']}  label {'-' if r['label'] is None else r['label']}  pred {r['reference']}"
+              + ("\n1 pixel alone flips it" if r["single_pixel_flip"] else "") for r in records]
+    png = saliency_png(images, stacked, titles, value_range, scale=scale, score=score)
     atomic_write(out / "saliency.png", lambda fh: fh.write(png), binary=True)
 
