@@ -124,3 +124,12 @@ def test_coverage_of_a_fixed_batch_model_matches_the_dynamic_one(tmp_path) -> No
         clf = load_model(make_cnn(tmp_path / f"cnn{fixed}.onnx", fixed_batch=fixed, seed=4))
         reports.append(coverage_report(clf, x[:2], x[2:]))
     assert reports[0] == reports[1] and reports[0]["neurons"] == 4 * 16
+
+
+def test_time_limit_for_the_whole_run_stops_between_inputs() -> None:
+    result = invoke(["testgen", "--n", "20", "--time-limit", "0.01", "--format", "json", "-q"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["samples"]) < 20  # the run ended before every input was reached
+    bad = invoke(["testgen", "--n", "2", "--time-limit", "0"])
+    assert bad.exit_code == 2 and "--time-limit" in bad.stderr

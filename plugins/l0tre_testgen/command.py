@@ -41,13 +41,14 @@ def testgen(
     common: Common,
     *,
     max_t: int,
+    time_limit: Optional[float],
     input_time_limit: Optional[float],
     values: str,
     score: str,
     per_input: Annotated[int, typer.Option("--per-input", help="Most test cases kept per input", rich_help_panel=PANEL)] = 4,
     coverage: Annotated[bool, typer.Option("--coverage/--no-coverage", help="Measure ReLU neuron coverage of the clean and generated sets", rich_help_panel=PANEL)] = True,
 ) -> None:
-    budget = Budget(max_t=max_t, input_time_limit=input_time_limit)  # validates both
+    budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit)  # validates them
     if per_input < 1:
         raise UsageError(f"--per-input must be positive, got {per_input}")
     model = common.load_model()
@@ -58,11 +59,16 @@ def testgen(
     kernels = pick_kernels(host, common.device)
     refs = model.predict(data.x)
     started = time.monotonic()
+    run_deadline = None if time_limit is None else started + time_limit
     per: list[tuple[int, list[TestCase], float]] = []  # (position, cases, seconds)
     with InputProgress("testgen", len(data), quiet=common.quiet) as steps:
         for pos in range(len(data)):
             t0 = time.monotonic()
+            if run_deadline is not None and t0 > run_deadline:
+                break  # the inputs not reached get no cases
             deadline = None if input_time_limit is None else t0 + input_time_limit
+            if run_deadline is not None:
+                deadline = run_deadline if deadline is None else min(deadline, run_deadline)
             ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), budget.chunk)
             per.append((pos, generate(ctx, max_t, per_input, deadline), time.monotonic() - t0))
             steps.update(steps.done + 1)
