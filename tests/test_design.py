@@ -127,3 +127,19 @@ def test_one_model_is_a_usage_error(two_models) -> None:
     result = invoke(["design", robust, "--data", data, "--layout", "flat"])
     assert result.exit_code == 2
     assert "at least two" in result.stderr
+
+
+def test_overlapping_intervals_name_what_could_decide_them() -> None:
+    from l0tre_design.compare import ModelBounds, certified_share, compare, deciding_budget
+
+    a = ModelBounds("a", 2.0, 3.0, "sound", (2, 2), (3, 3), 1)
+    b = ModelBounds("b", 1.5, 2.0, "sound", (1, 2), (2, 2), 1)
+    v = compare(a, b)
+    assert v.winner is None and "a could be shown more robust with --max-t 2" in v.text
+    # exact on both: no budget separates equal intervals
+    c = ModelBounds("c", 2.0, 2.0, "sound", (2, 2), (2, 2), 1)
+    d = ModelBounds("d", 2.0, 2.0, "sound", (2, 2), (2, 2), 1)
+    assert "cannot separate" in deciding_budget(c, d)
+    # no per-input bounds: no estimate
+    assert deciding_budget(ModelBounds("e", 1, 2, "sound"), ModelBounds("f", 1, 2, "sound")) == ""
+    assert certified_share(b, 2) == [0.5, 0.0]

@@ -30,7 +30,7 @@ from l0tre_core import (
     result_document,
     write_result_json,
 )
-from l0tre_design.compare import ModelBounds, claims, global_guarantee, rank
+from l0tre_design.compare import ModelBounds, certified_share, claims, global_guarantee, rank
 from l0tre_design.figure import design_png
 
 PANEL = SEARCH_PANEL
@@ -73,7 +73,11 @@ def design(
                               seed=common.seed, host=common.host, listeners=[progress], upper=upper)
         rows.append(_row(name, model, datasets[k - 1], result))
         results.append(result)
-    bounds = {r["name"]: ModelBounds(r["name"], r["lower"], r["upper"], r["guarantee"]) for r in rows}
+    bounds = {r["name"]: ModelBounds(r["name"], r["lower"], r["upper"], r["guarantee"],
+                                     tuple(s.lower for s in res.samples), tuple(s.upper for s in res.samples), max_t)
+              for r, res in zip(rows, results)}
+    for r in rows:
+        r["certified_share"] = certified_share(bounds[r["name"]], max_t)  # proven robust at t = 1..max_t
     ranked = rank(bounds.values())
     verdicts = claims(ranked)
     order = {m.name: i for i, m in enumerate(ranked, 1)}
@@ -157,12 +161,13 @@ def _row(name: str, model: Any, data: Any, result: RunResult) -> dict[str, Any]:
 def _print(report: dict[str, Any]) -> None:
     n = report["summary"]["inputs"]
     table = Table(show_edge=False, title=f"global robustness on the same {n} inputs (mean pixels that must change)")
-    for col in ("rank", "model", "accuracy", "lower", "guarantee", "upper", "exact", "seconds"):
-        table.add_column(col, justify="left" if col in ("model", "guarantee") else "right")
+    for col in ("rank", "model", "accuracy", "lower", "guarantee", "upper", "proven at t=1..", "exact", "seconds"):
+        table.add_column(col, justify="left" if col in ("model", "guarantee", "proven at t=1..") else "right")
     for r in report["summary"]["ranking"]:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
         up = "?" if r["upper"] is None else f"{r['upper']:.3f}"
-        table.add_row(str(r["rank"]), r["name"], acc, f"{r['lower']:.3f}", r["guarantee"], up,
+        shares = " / ".join(f"{v:.0%}" for v in r["certified_share"])
+        table.add_row(str(r["rank"]), r["name"], acc, f"{r['lower']:.3f}", r["guarantee"], up, shares,
                       f"{r['exact']}/{r['inputs']}", f"{r['seconds']:.1f}")
     console.out.print(table)
     console.out.print(f"ranked {report['summary']['ranked_by']}; accuracy is on these inputs only")

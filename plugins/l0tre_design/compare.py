@@ -19,12 +19,16 @@ _STRENGTH = {"sound": 2, "none": 2, "discrete": 1}
 
 @dataclass(frozen=True)
 class ModelBounds:
-    """The global robustness interval of one model on the shared inputs."""
+    """The global robustness interval of one model on the shared inputs (and, for estimating
+    what would decide a comparison, each input's bounds)."""
 
     name: str
     lower: float
     upper: float | None  # None: some input has no witness, so no finite upper bound
     guarantee: str  # of the global lower bound: sound, discrete or none
+    lowers: tuple[int, ...] = ()  # per input
+    uppers: tuple[int | None, ...] = ()
+    max_t: int = 0  # the largest level searched
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,42 @@ def compare(a: ModelBounds, b: ModelBounds) -> Verdict:
                     f"global lower bound {win.lower:.3f} > global upper bound {lose.upper:.3f}")
             return Verdict(a.name, b.name, win.name, text)
     text = f"{a.name} {_interval(a)} and {b.name} {_interval(b)}: the bounds overlap, no claim"
-    return Verdict(a.name, b.name, None, text)
+    hint = deciding_budget(a, b)
+    return Verdict(a.name, b.name, None, f"{text}; {hint}" if hint else text)
+
+
+def lower_after(m: ModelBounds, levels: int) -> float:
+    """The best global lower bound ``levels`` more levels could prove: every input's lower bound
+    one higher per level, never above its witness."""
+    cap = [math.inf if u is None else u for u in m.uppers]
+    return sum(min(lo + levels, c) for lo, c in zip(m.lowers, cap)) / len(m.lowers)
+
+
+def deciding_budget(a: ModelBounds, b: ModelBounds) -> str:
+    """What could decide an overlapping pair, estimated from the per-input bounds: the fewest extra
+    levels (``--max-t``) after which one model's best possible lower bound would clear the other's
+    upper bound; else whether stronger attacks (a lower upper bound) could; else that these
+    inputs cannot separate the two. An estimate of what is possible, not a promise."""
+    if not a.lowers or not b.lowers or len(a.lowers) != len(b.lowers):
+        return ""
+    for levels in (1, 2, 3):
+        for win, lose in ((a, b), (b, a)):
+            if lose.upper is not None and lower_after(win, levels) > lose.upper:
+                return (f"{win.name} could be shown more robust with --max-t {win.max_t + levels} "
+                        f"(if every level it proves, its lower bound can reach {lower_after(win, levels):.3f} "
+                        f"> {lose.upper:.3f})")
+    for win, lose in ((a, b), (b, a)):
+        best = win.upper if win.upper is not None else math.inf
+        if best > lose.lower and (lose.upper is None or lose.upper > lose.lower):
+            return (f"only stronger attacks on {lose.name} (a smaller witnessed upper bound, e.g. a larger "
+                    f"--upper search budget) together with higher levels for {win.name} could decide it")
+    return "these inputs cannot separate the two: their intervals overlap whatever the budget"
+
+
+def certified_share(m: ModelBounds, levels: int) -> list[float]:
+    """The share of inputs proven robust at each t = 1..levels (lower bound above t)."""
+    n = len(m.lowers) or 1
+    return [sum(lo > t for lo in m.lowers) / n for t in range(1, levels + 1)]
 
 
 def rank(models: Iterable[ModelBounds]) -> list[ModelBounds]:
