@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-NONLINEAR = ("relu", "leaky", "sigmoid", "tanh", "maxpool")
 # the importer reads these through this module (``network.DENSE_CONV_MAX``) when it runs
 MAX_DENSE = 48_000_000  # entries of one dense matrix (384 MB in float64)
 DENSE_CONV_MAX = 1_000_000  # a convolution with a larger dense matrix stays a ConvOp
