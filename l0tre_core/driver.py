@@ -140,8 +140,7 @@ class Driver:
             deadline = own if deadline is None else min(deadline, own)
         evals0 = self.classifier.evaluations
         ctx = SearchContext(self.classifier, self.kernels, self.threat, x, state.reference, self.budget.chunk)
-        xs, preds = self._data
-        ctx.donors = xs[preds != state.reference]
+        ctx.data = self._data
         if state.level >= 1 and self.upper_methods and not state.settled:
             # a resumed input: rebuild the t = 1 ranking other searches draw on, as the
             # uninterrupted run had it (cheap, and the same every time)

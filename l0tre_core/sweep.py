@@ -88,9 +88,9 @@ class SearchContext:
         self.clean_score = float(self.score(clean)[0])
         self.sensitivities: dict[int, Sensitivity] = {}  # the latest sweep of each level, for other searches
         self.levels: dict[int, Level] = {}  # the step of each level, once taken
-        # inputs of the data the model classifies otherwise (canonical, one row per input): the
-        # last resort of the upper bound moves pixels towards them (set by whoever owns the data)
-        self.donors: np.ndarray | None = None
+        # the data's inputs (canonical) and their classes, set by whoever owns the data: the upper
+        # bound's last resort moves pixels towards those classified otherwise
+        self.data: tuple[np.ndarray, np.ndarray] | None = None  # (inputs [N, ...], their classes)
         self._buffer: Any = None  # reused perturbation batch, clean except at _dirty
         self._dirty: Any = None
 
@@ -135,13 +135,17 @@ class SearchContext:
 
     def toward_donors(self, deadline: float | None, most: int = DONORS) -> Witness | None:
         """A witness found by moving units of the input to their values in an input the model
-        classifies otherwise (the nearest ``most`` of ``donors``, fewest differing units first):
+        classifies otherwise (the nearest ``most`` of them in ``data``, fewest differing units first):
         for each, the fewest of its most different units that flip the label (bisection over the
         count; all of them always flip, since the donor itself is classified otherwise), tightened
         and verified. The last resort where the searches over V find nothing."""
-        if self.donors is None or not len(self.donors):
+        if self.data is None:
             return None
-        donors = self.donors.reshape(len(self.donors), self.encoder.n_units, self.encoder.channels).astype(np.float32)
+        xs, classes = self.data
+        others = xs[classes != self.ref]  # taken here only: the last resort is rare
+        if not len(others):
+            return None
+        donors = others.reshape(len(others), self.encoder.n_units, self.encoder.channels).astype(np.float32)
         gap = np.abs(donors - self.x_units[None]).sum(axis=2)  # [M, U]
         best: Witness | None = None
         for m in np.argsort((gap > 0).sum(axis=1), kind="stable")[:most]:

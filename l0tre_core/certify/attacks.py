@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from l0tre_core.certify import search as knobs
+from l0tre_core.certify.boxes import Boxes
 from l0tre_core.certify.search import margins
 
 if TYPE_CHECKING:
-    from l0tre_core.certify.boxes import Boxes
     from l0tre_core.certify.network import Network
     from l0tre_core.certify.problem import Problem
     from l0tre_core.certify.search import _Timer
 
 
 class _Attacks:
-    """Needs ``prob``, ``net``, ``ref``, ``t``, ``timer``, ``witness`` and ``_pixel_boxes``."""
+    """Needs ``prob``, ``net``, ``ref``, ``t``, ``timer`` and ``witness``."""
 
     prob: Problem
     net: Network
@@ -36,7 +36,14 @@ class _Attacks:
     witness: np.ndarray | None
 
     def _pixel_boxes(self, pixels: np.ndarray) -> Boxes:
-        raise NotImplementedError
+        """One box per pixel: its scalars free in their range, everything else at x0."""
+        prob = self.prob
+        S = prob.pixel_scalars[pixels]
+        real = S >= 0
+        Sc = np.where(real, S, 0)
+        dlo = np.where(real, prob.lo[Sc] - prob.x0[Sc], 0.0)
+        dhi = np.where(real, prob.hi[Sc] - prob.x0[Sc], 0.0)
+        return Boxes(np.where(real, S, -1), dlo, dhi, np.zeros(len(pixels), dtype=np.int64))
 
     # -- concrete checks --------------------------------------------------------------------------
     def check(self, x: np.ndarray) -> bool:

@@ -28,6 +28,7 @@ modules (lazily: those modules import this one).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,34 +69,34 @@ class Node:
         return self._cache[key]
 
 
-class StructuredMap:
-    """A linear map kept without its dense matrix (``ops.affine.ConvOp``): ``shape`` is
-    ``(Dout, Din)``; ``apply`` is ``x -> W x``, ``back`` is ``a -> a W``, ``rows``/``cols`` give
+class StructuredMap(ABC):
+    """A linear map kept without its dense matrix (``ops.affine.ConvOp``, ``SparseMap``): ``shape``
+    is ``(Dout, Din)``; ``apply`` is ``x -> W x``, ``back`` is ``a -> a W``, ``rows``/``cols`` give
     dense rows/columns, ``dense`` the whole matrix and ``abs`` the map of ``|W|``."""
 
     shape: tuple[int, int]
 
-    def abs(self) -> "StructuredMap":
-        raise NotImplementedError
+    @abstractmethod
+    def abs(self) -> "StructuredMap": ...
 
+    @abstractmethod
     def row_abs_max(self) -> np.ndarray:
         """An upper bound on ``max_i |W_ji|`` per row."""
-        raise NotImplementedError
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def apply(self, x: np.ndarray) -> np.ndarray: ...
 
-    def back(self, a: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def back(self, a: np.ndarray) -> np.ndarray: ...
 
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def rows(self, idx: np.ndarray) -> np.ndarray: ...
 
-    def cols(self, idx: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def cols(self, idx: np.ndarray) -> np.ndarray: ...
 
-    def dense(self) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def dense(self) -> np.ndarray: ...
 
 
 class SparseMap(StructuredMap):

@@ -70,14 +70,6 @@ class _Search(_Attacks):
             return self._run_t1()
         return self._run_bnb(lb, a_in)
 
-    def _pixel_boxes(self, pixels: np.ndarray) -> Boxes:
-        prob = self.prob
-        S = prob.pixel_scalars[pixels]
-        real = S >= 0
-        Sc = np.where(real, S, 0)
-        dlo = np.where(real, prob.lo[Sc] - prob.x0[Sc], 0.0)
-        dhi = np.where(real, prob.hi[Sc] - prob.x0[Sc], 0.0)
-        return Boxes(np.where(real, S, -1), dlo, dhi, np.zeros(len(pixels), dtype=np.int64))
     # -- boxes ------------------------------------------------------------------------------------
     def _box_chunk(self, boxes: Boxes) -> int:
         f = boxes.S.shape[1]

@@ -236,7 +236,7 @@ def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: Rand
     if input_time_limit is not None:
         deadline = t0 + input_time_limit if deadline is None else min(deadline, t0 + input_time_limit)
     ctx = SearchContext(classifier, kernels, threat, data.x[pos], ref, CHUNK)
-    ctx.donors = data.x[preds != ref]
+    ctx.data = (data.x, preds)
     notes: list[str] = []
     if pred != ref:  # misclassified and attacked against its label: the clean input is the example
         w: Witness | None = Witness(np.zeros(0, np.int64), np.zeros((0, ctx.encoder.channels), np.float32))
