@@ -14,6 +14,9 @@ nothing else from the core. Names load on first use, so ``import l0tre_core`` st
   ``Sensitivity``, ``Witness``, ``SampleState``, ``flips``, ``score``;
 - results and events: ``RunResult``, ``BoundUpdate``, ``atomic_write``, ``json_default``,
   ``CHECKPOINT_NAME``;
+- executors (``l0tre_core.executors``): ``make_executor`` (local or ray), ``InputTask`` and
+  ``InputWorker`` (the per-input work an executor maps over the inputs), ``ClassifierRecipe`` (the
+  model, rebuilt in a worker), ``WorkersLost``;
 - the result document every application writes (``l0tre_core.schema``): ``result_document``
   (build one), ``checked_result`` (as plain JSON, validated), ``write_result_json`` (validated, to
   ``results.json``), ``validate_result`` / ``schema_errors`` (check one against
@@ -74,6 +77,11 @@ _FACADE = {
     "software_versions": "l0tre_core.schema",
     "ResultSchemaError": "l0tre_core.schema",
     "BoundUpdate": "l0tre_core.events",
+    "make_executor": "l0tre_core.executors",
+    "WorkersLost": "l0tre_core.executors",
+    "InputTask": "l0tre_core.executors",
+    "InputWorker": "l0tre_core.executors",
+    "ClassifierRecipe": "l0tre_core.executors.recipe",
     "pyplot": "l0tre_core.figures",
     "png": "l0tre_core.figures",
     "L0treError": "l0tre_core.errors",

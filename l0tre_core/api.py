@@ -15,6 +15,7 @@ from l0tre_core.data import Dataset
 from l0tre_core.driver import Budget, Driver, LowerBounds
 from l0tre_core.errors import CardError, CertificateContradiction, DataError, EnvironmentProblem, UsageError
 from l0tre_core.events import BoundUpdate
+from l0tre_core.executors import WorkersLost
 from l0tre_core.model import Classifier
 from l0tre_core.results import RunResult, write_results
 from l0tre_core.schema import software_versions
@@ -158,12 +159,18 @@ def evaluate(
     host: Any = None,
     listeners: Iterable[Listener] = (),
     upper: Iterable[str] | None = None,
+    executor: Any = None,
 ) -> RunResult:
     """Bound the minimal adversarial distance of every input in ``data``; anytime, resumable.
 
     With ``out``, progress is checkpointed there after every step and the result files are
     written at the end (also after Ctrl-C, with the bounds reached so far). A KeyboardInterrupt
     after the first step carries the partial ``RunResult`` as its ``result`` attribute.
+
+    ``executor`` (``make_executor``; default: this process) is where the inputs are searched;
+    results, checkpoint and updates are the same whichever runs them. When a cluster is lost
+    (``WorkersLost``, exit code 4), the results reached so far are written before it is raised,
+    as its ``result``.
     """
     from l0tre_core.host import create_host
 
@@ -224,13 +231,22 @@ def evaluate(
         classifier, threat, budget, kernels, lower=lower_bounds,
         listeners=[record, *listeners], upper_methods=uppers, seed=seed,
     )
+    task = None
+    if executor is not None and executor.name != "local":
+        from l0tre_core.executors.recipe import ClassifierRecipe
+        from l0tre_core.input_search import InputSearch
+
+        task = InputSearch(ClassifierRecipe.of(classifier, host, device), threat, budget, lower_mode,
+                           [m.name for m in uppers if m.name != "sensitivity"], seed, device)
     interrupted = False
+    lost: WorkersLost | None = None
     try:
-        samples = driver.run(data.x, data.y, data.index, states)
-    except KeyboardInterrupt:
+        samples = driver.run(data.x, data.y, data.index, states, executor=executor, task=task)
+    except (KeyboardInterrupt, WorkersLost) as exc:
         if driver.states is None:
             raise  # stopped before the first step: the checkpoint (if any) holds all there is
-        interrupted = True
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        lost = exc if isinstance(exc, WorkersLost) else None
         samples = driver.states
     finally:
         if checkpoint is not None:
@@ -257,11 +273,16 @@ def evaluate(
         seed=seed,
         versions=versions(classifier),
         history=history,
-        complete=not interrupted and all(s.finished for s in samples),
+        complete=not interrupted and lost is None and all(s.finished for s in samples),
         witness_images=images,
     )
     if out is not None:
         write_results(result, out, data.sample_shape)
+    if lost is not None:
+        gone = WorkersLost(f"{lost}; the results reached so far are written"
+                           + (f" to {out} (continue with `resume`, on any executor)" if out is not None else ""))
+        gone.result = result
+        raise gone
     if interrupted:
         stop = KeyboardInterrupt()
         stop.result = result  # type: ignore[attr-defined]  # the bounds reached so far, for callers without `out`

@@ -80,20 +80,50 @@ class Driver:
     seed: int = 0
     listeners: list[Callable[[BoundUpdate, SampleState], None]] = field(default_factory=list)
     states: list[SampleState] | None = None  # every input's state once the run has started
+    # in a worker process: where its steps and phases go (pos, state, phase, working) instead of
+    # the listeners; the driver's process builds the updates, with the run's global bounds
+    forward: Callable[[int, SampleState, str, int], None] | None = None
 
-    def run(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState] | None = None) -> list[SampleState]:
-        """Search every input; ``states`` holds finished or partial states from a checkpoint."""
+    def run(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState] | None = None,
+            *, executor: Any = None, task: Any = None) -> list[SampleState]:
+        """Search every input; ``states`` holds finished or partial states from a checkpoint.
+
+        ``executor`` (default: this process) runs the unfinished inputs; one that runs them
+        elsewhere needs ``task``, an ``InputSearch`` for this run (its data is filled in here). The
+        inputs' states stream back into ``self.states`` as their steps finish, wherever they run."""
+        from l0tre_core.executors.local import LocalExecutor
+
         states = dict(states or {})
         run_deadline = None if self.budget.time_limit is None else time.monotonic() + self.budget.time_limit
         refs = self._references(x, labels, index, states)
         ordered = [states[int(i)] if int(i) in states else refs[pos] for pos, i in enumerate(index)]
         self.states = ordered
-        for pos, state in enumerate(ordered):
-            if state.finished:
-                continue
-            if run_deadline is not None and time.monotonic() > run_deadline:
-                break
-            self._search(pos, x[pos], state, run_deadline)
+        executor = executor or LocalExecutor()
+        if task is not None:
+            task = task.with_data(x, self._data[1])
+
+        # each input as of its last finished step: what an input whose worker died starts again
+        # from, as a resumed run would (the phases after that step are lost with the worker)
+        saved = list(ordered)
+
+        def item(pos: int) -> tuple[SampleState, float | None] | None:
+            """What input ``pos`` needs, or None: finished, or the run's time is up."""
+            state = saved[pos]
+            left = None if run_deadline is None else run_deadline - time.monotonic()
+            if state.finished or (left is not None and left < 0):
+                return None
+            return state, left
+
+        def receive(pos: int, event: tuple[str, int, SampleState]) -> None:
+            phase, working, state = event  # a step or phase of an input searched elsewhere
+            ordered[pos] = state
+            if phase == "level":
+                saved[pos] = state
+            self._emit(pos, state, phase, working)
+
+        pending = [pos for pos, state in enumerate(ordered) if not state.finished]
+        for pos, state in executor.map(task, pending, item, receive, local=_InProcess(self, x, run_deadline)):
+            ordered[pos] = state
         return ordered
 
     def _references(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState]) -> list[SampleState]:
@@ -119,6 +149,9 @@ class Driver:
         return out
 
     def _emit(self, pos: int, state: SampleState, phase: str = "level", working: int = 0) -> None:
+        if self.forward is not None:
+            self.forward(pos, state, phase, working or state.level)
+            return
         assert self.states is not None
         lo, up = global_bounds(self.states)
         update = BoundUpdate(
@@ -244,3 +277,17 @@ class Driver:
         limit = max(T1_CERTIFY_SECONDS, self.budget.certify_time) if t == 1 else self.budget.certify_time
         own = time.monotonic() + limit
         return own if deadline is None else min(own, deadline)
+
+
+@dataclass
+class _InProcess:
+    """The local executor's worker: the driver's own search, its updates straight to the listeners."""
+
+    driver: Driver
+    x: np.ndarray
+    run_deadline: float | None
+
+    def run(self, pos: int, item: tuple[SampleState, float | None], emit: Callable[[Any], None]) -> SampleState:
+        state, _ = item
+        self.driver._search(pos, self.x[pos], state, self.run_deadline)
+        return state

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     app.command("plugins", help="List the installed plugins, their versions and hooks.", rich_help_panel=TOOLS_PANEL)(plugins)
 
 
-@common_options(without=("out", "seed"))
+@common_options(without=("out", "seed", "executor"))
 def info(common: Common) -> None:
     model = common.load_model()
     report: dict[str, Any] = {"model": model.describe()}

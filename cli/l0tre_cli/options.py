@@ -46,6 +46,8 @@ FLAGS = {
         "batch_size", "n", "start", "labels",
         # the run's files
         "out", "resume",
+        # where the inputs are searched
+        "executor", "ray_address",
     )
 }
 _NAMED = re.compile(r"`(\w+)`")
@@ -81,6 +83,9 @@ class Common:
     batch_size: int | None
     quiet: bool
     host: Any = None
+    executor: str = "local"
+    ray_address: str | None = None
+    executor_opened: bool = False  # whether the command asked for its executor (``open_executor``)
 
     def card_flags(self) -> dict[str, Any]:
         flags = {
@@ -123,6 +128,15 @@ class Common:
         except OSError as exc:
             raise DataError(f"cannot write to --out {self.out}: {exc.strerror or exc}") from None
         return self.out
+
+    def open_executor(self) -> Any:
+        """The executor chosen with ``--executor`` (and ``--ray-address``), as a context manager:
+        ``with common.open_executor() as executor: evaluate(..., executor=executor)``. Ask for it
+        before loading anything: a missing Ray is an environment error (exit 4) at once."""
+        from l0tre_core import make_executor
+
+        self.executor_opened = True
+        return make_executor(self.executor, self.ray_address, device=self.device)
 
     def load_model(self) -> Any:
         from l0tre_core.model import load_model
@@ -171,14 +185,15 @@ def check_normalisation_pair(card: Any) -> None:
         )
 
 
-SKIPPABLE = ("out", "seed", "batch_size", "quiet")
+SKIPPABLE = ("out", "seed", "batch_size", "quiet", "executor")  # executor: --executor and --ray-address
 
 
 def common_options(fn: Callable[..., Any] | None = None, *, without: tuple[str, ...] = ()) -> Any:
     """Add the shared options to a command whose first parameter is ``common: Common``.
 
     ``@common_options(without=("seed",))`` leaves out options the command does nothing with (any
-    of ``out``, ``seed``, ``batch_size``, ``quiet``); ``common`` then holds their defaults."""
+    of ``out``, ``seed``, ``batch_size``, ``quiet``, ``executor``); ``common`` then holds their
+    defaults. A command that loops over inputs runs them with ``common.open_executor()``."""
     unknown = set(without) - set(SKIPPABLE)
     if unknown:
         raise TypeError(f"common_options cannot leave out {', '.join(sorted(unknown))} (only {', '.join(SKIPPABLE)})")
@@ -210,6 +225,8 @@ def _common_options(fn: Callable[..., Any], without: tuple[str, ...]) -> Callabl
         device: Annotated[str, typer.Option("--device", metavar="[auto|cpu|cuda]", help="Where the model and the search run", rich_help_panel=RUN_PANEL)] = "auto",
         batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per model call", rich_help_panel=RUN_PANEL, show_default="256")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output", rich_help_panel=RUN_PANEL)] = False,
+        executor: Annotated[str, typer.Option("--executor", metavar="[local|ray]", help="Where the inputs are searched: this process, or a Ray cluster (needs the ray extra)", rich_help_panel=RUN_PANEL)] = "local",
+        ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: 'auto' joins this machine's cluster, HOST:PORT another", rich_help_panel=RUN_PANEL, show_default="start a local Ray runtime")] = None,
         **kwargs: Any,
     ) -> Any:
         common = Common(
@@ -217,9 +234,17 @@ def _common_options(fn: Callable[..., Any], without: tuple[str, ...]) -> Callabl
             value_range=value_range, mean=mean, std=std, output=output, classes=classes,
             channels=channels, input_name=input_name, output_name=output_name, out=out,
             format=format, seed=seed, device=device, batch_size=batch_size, quiet=quiet,
-            host=ctx.find_root().obj,
+            host=ctx.find_root().obj, executor=executor, ray_address=ray_address,
         )
-        return run_guarded(lambda: fn(common, **kwargs), fmt=format)
+
+        def body() -> Any:
+            done = fn(common, **kwargs)
+            if common.executor != "local" and not common.executor_opened and not common.quiet:
+                console.warn(f"--executor {common.executor} is not supported by this command yet: "
+                             "every input ran in this process")
+            return done
+
+        return run_guarded(body, fmt=format)
 
     # Typer reads parameters from __signature__ and types from __annotations__; resolve both
     # modules' string annotations here, each in its own namespace.

@@ -30,6 +30,7 @@ def attack(
     k_max: Annotated[int, typer.Option("--k-max", help="Most pixels an adversarial example may change to count as a success", rich_help_panel=PANEL)] = DEFAULT_K_CAP,
 ) -> None:
     check_settings(budget, k_max, time_limit, input_time_limit)
+    executor = common.open_executor()  # a missing Ray is an environment error before any work
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, values=values, against=against)
     data = common.load_data(model)
@@ -43,10 +44,11 @@ def attack(
         median = float(np.median(sizes))
         progress.update(done, f"success {found}/{done}  median L0 {median:g}")
 
-    with progress:
+    with progress, executor:
         result = run_attack(
             model, data, threat=threat, budget=budget, k_max=k_max, seed=common.seed, device=common.device,
             host=common.host, time_limit=time_limit, input_time_limit=input_time_limit, listeners=[show],
+            executor=executor,
         )
     if out is not None:
         write_outputs(result, out, data, model.geometry)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from l0tre_attack.random_search import DEFAULT_BATCH, RandomSearch, UnitPrior
-from l0tre_core import CHUNK, SearchContext, ThreatModel, UsageError, Witness
+from l0tre_core import CHUNK, ClassifierRecipe, SearchContext, ThreatModel, UsageError, Witness
 
 SUCCESS_AT = (1, 2, 4, 8, 16, 32)
 PNG_PAIRS = 16
@@ -166,6 +166,7 @@ def run_attack(
     input_time_limit: float | None = None,
     listeners: Iterable[Callable[[AttackRecord, int, int], None]] = (),
     batch: int = DEFAULT_BATCH,
+    executor: Any = None,
 ) -> AttackResult:
     """Attack every input of ``data``; listeners get ``(record, done, total)`` after each input.
 
@@ -173,9 +174,11 @@ def run_attack(
     pixels x |V|); ``k_max`` is the most pixels an example may change to count as a success (and
     the largest k the random search tries when the sensitivity search found nothing).
     Ctrl-C stops after the current input; the result then holds the inputs done and
-    ``complete`` is False.
+    ``complete`` is False. ``executor`` (``l0tre_core.make_executor``; default: this process) is
+    where the inputs are attacked; the records are the same, in input order, whichever runs them
+    (listeners get them as they finish).
     """
-    from l0tre_core import create_host, pick_kernels
+    from l0tre_core import create_host, make_executor, pick_kernels
 
     check_settings(budget, k_max, time_limit, input_time_limit)
     host = host or create_host()
@@ -190,24 +193,33 @@ def run_attack(
     started = time.monotonic()
     run_deadline = None if time_limit is None else started + time_limit
     preds = classifier.predict(data.x) if len(data) else np.zeros(0, np.int64)
-    records: list[AttackRecord] = []
-    images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    complete = True
+    found: dict[int, tuple[AttackRecord, tuple[np.ndarray, np.ndarray] | None]] = {}  # position -> result
     interrupted = False
+    local = InputAttack(None, threat, search, data, preds, seed, budget, k_max, input_time_limit)
+    local.open_here(classifier, kernels, run_deadline)
+    task = None
+    if executor is not None and executor.name != "local":
+        task = InputAttack(ClassifierRecipe.of(classifier, host, device), threat, search, data, preds, seed, budget,
+                           k_max, input_time_limit, device)
+
+    def item(pos: int) -> float | None | tuple[()]:
+        """Seconds left of the run's time limit (() for none); None once it is up."""
+        if run_deadline is None:
+            return ()
+        left = run_deadline - time.monotonic()
+        return None if left < 0 else left
+
     try:
-        for pos in range(len(data)):
-            if run_deadline is not None and time.monotonic() > run_deadline:
-                complete = False
-                break
-            record, pair = _attack_one(classifier, kernels, threat, search, data, pos, preds, seed,
-                                       budget, k_max, run_deadline, input_time_limit)
-            records.append(record)
-            if pair is not None:
-                images[record.index] = pair
+        for pos, (record, pair) in (executor or make_executor("local")).map(task, range(len(data)), item, lambda k, e: None,
+                                                                local=local):
+            found[pos] = (record, pair)
             for listener in listeners:
-                listener(record, len(records), len(data))
+                listener(record, len(found), len(data))
     except KeyboardInterrupt:
         interrupted = True
+    records = [found[pos][0] for pos in sorted(found)]
+    images = {found[pos][0].index: found[pos][1] for pos in sorted(found) if found[pos][1] is not None}
+    complete = len(records) == len(data)
     return AttackResult(
         model=classifier.describe(),
         threat=threat.to_dict(),
@@ -217,10 +229,49 @@ def run_attack(
         data={"source": data.source, "inputs": len(data), "first_index": int(data.index[0]) if len(data) else None},
         records=records,
         seconds=time.monotonic() - started,
-        complete=complete and not interrupted and len(records) == len(data),
+        complete=complete and not interrupted,
         interrupted=interrupted,
         images=images,
     )
+
+
+@dataclass
+class InputAttack:
+    """The attack on one input as a task an executor can run in another process: ``open`` builds
+    the model (from its recipe) and the kernels once per worker; each item is the seconds left of
+    the run's time limit (``()``: none); the result is the input's record and its image pair."""
+
+    model: Any  # a ClassifierRecipe (None: run in this process with ``open_here``)
+    threat: ThreatModel
+    search: RandomSearch
+    data: Any
+    preds: np.ndarray
+    seed: int
+    budget: int
+    k_max: int
+    input_time_limit: float | None
+    device: str = "auto"
+
+    def open(self, threads: int) -> "InputAttack":
+        from l0tre_core import pick_kernels
+
+        host, classifier = self.model.open(threads)
+        self.open_here(classifier, pick_kernels(host, self.device), None)
+        return self
+
+    def open_here(self, classifier: Any, kernels: Any, run_deadline: float | None) -> None:
+        self._classifier, self._kernels, self._run_deadline = classifier, kernels, run_deadline
+
+    def run(self, pos: int, left: float | tuple[()], emit: Any) -> tuple[AttackRecord, tuple[np.ndarray, np.ndarray] | None]:
+        deadline = self._run_deadline
+        if deadline is None and left != ():
+            deadline = time.monotonic() + left  # type: ignore[operator]  # this machine's clock
+        return _attack_one(self._classifier, self._kernels, self.threat, self.search, self.data, pos, self.preds,
+                           self.seed, self.budget, self.k_max, deadline, self.input_time_limit)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # what a worker gets: never this process's session or kernels
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
 def _attack_one(classifier: Any, kernels: Any, threat: ThreatModel, search: RandomSearch, data: Any, pos: int,

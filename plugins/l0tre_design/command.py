@@ -55,6 +55,7 @@ def design(
     paths: list[Path | None] = [common.model, *(others or [])]
     if len(paths) < 2:
         raise UsageError("design compares models: give at least two (l0tre design MODEL_A MODEL_B ...)")
+    executor = common.open_executor()  # a missing Ray is an environment error before any work
     models = [dataclasses.replace(common, model=p).load_model() for p in paths]
     names = _names(models)
     datasets = [common.load_data(m) for m in models]
@@ -67,12 +68,14 @@ def design(
     rows: list[dict[str, Any]] = []
     results: list[RunResult] = []
     started = time.monotonic()
-    for k, (name, model) in enumerate(zip(names, models), 1):
-        with InputProgress(f"model {k}/{len(models)} {name}", len(data), quiet=common.quiet) as progress:
-            result = evaluate(model, datasets[k - 1], threat=threat, budget=budget, lower=lower, device=common.device,
-                              seed=common.seed, host=common.host, listeners=[progress], upper=upper)
-        rows.append(_row(name, model, datasets[k - 1], result))
-        results.append(result)
+    with executor:
+        for k, (name, model) in enumerate(zip(names, models), 1):
+            with InputProgress(f"model {k}/{len(models)} {name}", len(data), quiet=common.quiet) as progress:
+                result = evaluate(model, datasets[k - 1], threat=threat, budget=budget, lower=lower,
+                                  device=common.device, seed=common.seed, host=common.host, listeners=[progress],
+                                  upper=upper, executor=executor)
+            rows.append(_row(name, model, datasets[k - 1], result))
+            results.append(result)
     bounds = {r["name"]: ModelBounds(r["name"], r["lower"], r["upper"], r["guarantee"],
                                      tuple(s.lower for s in res.samples), tuple(s.upper for s in res.samples), max_t)
               for r, res in zip(rows, results)}

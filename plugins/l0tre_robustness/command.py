@@ -20,6 +20,7 @@ from l0tre_core import (
     RunResult,
     ThreatModel,
     UsageError,
+    WorkersLost,
     checked_result,
     evaluate,
 )
@@ -48,6 +49,7 @@ def robustness(
     budget = Budget(max_t=max_t, time_limit=time_limit, input_time_limit=input_time_limit, certify_time=certify_time)
     if resume and common.out is None:
         raise UsageError("--resume needs --out, the folder of the run to continue")
+    executor = common.open_executor()  # a missing Ray is an environment error before any work
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit=unit, values=values, against=against, score=score)
     data = common.load_data(model)  # with --data, or with --n: all the inputs asked for
@@ -67,10 +69,11 @@ def robustness(
         console.err.print(estimate_line(len(data), encoder.n_units, n_values, max_t, rate), soft_wrap=True, markup=False)
     view = InputProgress("l0tre robustness", len(data), quiet=common.quiet, classifier=model, resumed=resume)
     try:
-        with view:
+        with view, executor:
             result = evaluate(
                 model, data, threat=threat, budget=budget, lower=lower, device=common.device,
                 out=out, resume=resume, seed=common.seed, host=common.host, listeners=[view], upper=upper,
+                executor=executor,
             )
     except KeyboardInterrupt as exc:
         partial = getattr(exc, "result", None)
@@ -82,8 +85,9 @@ def robustness(
         stop = Interrupted(f"interrupted{where}")
         stop.result = partial
         raise stop from None
-    except CertificateContradiction as exc:
-        report(exc.result, common, out)  # the verified witnesses are results too
+    except (CertificateContradiction, WorkersLost) as exc:
+        if exc.result is not None:
+            report(exc.result, common, out)  # the verified witnesses (or the inputs done) are results too
         raise
     report(result, common, out)
     if rate is not None and common.format != "json":  # a hint for table runs (progress stays on with json)

@@ -1,0 +1,52 @@
+"""The executor interface without Ray: the local executor, the shared options, a missing Ray."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from executor_tasks import SquareTask
+from helpers import invoke
+from l0tre_core import EnvironmentProblem, InputTask, InputWorker, UsageError, make_executor
+
+
+def test_the_local_executor_maps_in_key_order_skips_done_keys_and_streams_events() -> None:
+    events: list[tuple[int, Any]] = []
+    with make_executor("local") as executor:
+        got = list(executor.map(SquareTask(offset=1), [3, 1, 4, 5], lambda k: None if k == 4 else f"item{k}",
+                                lambda k, e: events.append((k, e))))
+    assert [(k, r[0]) for k, r in got] == [(3, 10), (1, 2), (5, 26)]  # key 4: nothing left to do
+    assert events == [(3, (3, "started", "item3")), (1, (1, "started", "item1")), (5, (5, "started", "item5"))]
+    assert isinstance(SquareTask(), InputTask) and isinstance(SquareTask().open(0), InputWorker)
+
+
+def test_the_local_executor_uses_an_in_process_worker_when_given() -> None:
+    local = SquareTask(offset=100).open(0)
+    got = dict(make_executor("local").map(None, [2], lambda k: k, lambda k, e: None, local=local))
+    assert got[2][0] == 104
+
+
+def test_bad_executor_options_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="local or ray"):
+        make_executor("dask")
+    with pytest.raises(UsageError, match="ray_address"):
+        make_executor("local", "auto")
+
+
+def test_without_ray_the_ray_executor_is_an_environment_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(EnvironmentProblem, match=r"l0tre\[ray\]"):
+        make_executor("ray")
+    for command in (["robustness"], ["attack"]):
+        res = invoke([*command, "--n", "1", "--executor", "ray", "-q"])
+        assert res.exit_code == 4, res.output
+        assert "--executor ray needs Ray" in res.output and "pip install 'l0tre[ray]'" in res.output
+
+
+def test_executor_flags_are_checked() -> None:
+    res = invoke(["robustness", "--n", "1", "--executor", "dask", "-q"])
+    assert res.exit_code == 2 and "--executor must be local or ray" in res.output
+    res = invoke(["robustness", "--n", "1", "--ray-address", "auto", "-q"])
+    assert res.exit_code == 2 and "--ray-address is for --executor ray only" in res.output
