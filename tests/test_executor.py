@@ -50,3 +50,9 @@ def test_executor_flags_are_checked() -> None:
     assert res.exit_code == 2 and "--executor must be local or ray" in res.output
     res = invoke(["robustness", "--n", "1", "--ray-address", "auto", "-q"])
     assert res.exit_code == 2 and "--ray-address is for --executor ray only" in res.output
+
+
+def test_an_unreachable_cluster_is_an_environment_error_at_once() -> None:
+    res = invoke(["robustness", "--n", "1", "--executor", "ray", "--ray-address", "127.0.0.1:1", "-q"])
+    assert res.exit_code == 4, res.output
+    assert "no Ray cluster answers at 127.0.0.1:1" in res.output

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
@@ -25,6 +27,7 @@ from l0tre_core.errors import EnvironmentProblem
 from l0tre_core.executors import InputTask, InputWorker, WorkersLost
 
 WAIT_SECONDS = 1.0  # how often the driver looks up from waiting (Ctrl-C, dead actors)
+CONNECT_SECONDS = 5.0  # a cluster address that does not answer within this is unreachable
 
 
 class InputActor:
@@ -80,6 +83,7 @@ class RayExecutor:
         self.lost = 0  # inputs re-queued because their actor died
         self.running: dict[int, int] = {}  # key -> pid of the actor working on it
         self.pids: dict[int, Any] = {}  # pid -> actor, for the actors of the current pool
+        self.pool_seconds = 0.0  # time spent starting actors and opening the task in them
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> "RayExecutor":
@@ -103,6 +107,8 @@ class RayExecutor:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                    "configure_logging": True}
         options.update(self.init_options)
+        if self.address not in (None, "auto"):
+            _check_reachable(self.address)  # Ray itself retries an unreachable address for minutes
         try:
             ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -129,6 +135,7 @@ class RayExecutor:
     def _start_pool(self, task_ref: Any) -> list[Any]:
         import ray
 
+        started = time.monotonic()
         count, options = self._slots()
         actor_class = ray.remote(InputActor).options(**options, max_restarts=0)
         actors = [actor_class.remote(task_ref, 1) for _ in range(count)]
@@ -145,6 +152,7 @@ class RayExecutor:
                 _kill(actors)
                 raise failure
         self.pids = dict(zip(ray.get([a.pid.remote() for a in actors]), actors))
+        self.pool_seconds += time.monotonic() - started
         return actors
 
     # -- the work queue ------------------------------------------------------------------------
@@ -218,6 +226,20 @@ class RayExecutor:
         finally:
             _kill(actors)  # Ctrl-C, an error or the end: stop whatever still runs
             self.running.clear()
+
+
+def _check_reachable(address: str) -> None:
+    """Exit code 4 at once when nothing listens at ``HOST:PORT`` (or ``ray://HOST:PORT``)."""
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise EnvironmentProblem(f"`ray_address` must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}",
+                                 field="ray_address")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise EnvironmentProblem(f"no Ray cluster answers at {address} ({exc.strerror or exc})", field="ray_address",
+                                 hint="is the head node up (`ray start --head`)? `ray status` on it shows its address") from None
 
 
 def _messages_to_stderr() -> None:
