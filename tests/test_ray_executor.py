@@ -158,3 +158,20 @@ def test_the_attack_gives_the_local_records_on_ray(cluster: Any, run_inputs: Any
     strip = lambda result: [{k: v for k, v in r.to_json().items() if k != "seconds"} for r in result.records]  # noqa: E731
     assert strip(remote) == strip(local) and remote.complete
     assert sorted(remote.images) == sorted(local.images)
+
+
+def test_a_local_run_stopped_midway_resumes_on_ray(cluster: Any, run_inputs: Any, local_result: Any,
+                                                   tmp_path: Path) -> None:
+    host, model, data = run_inputs
+
+    def stop_after_three(update: Any, state: Any) -> None:
+        if update.recorded and update.done == 3:
+            raise KeyboardInterrupt  # as Ctrl-C would, after the third input's step was saved
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, data, budget=Budget(max_t=1), seed=7, host=host, out=tmp_path, listeners=[stop_after_three])
+    steps = Steps()
+    resumed = evaluate(model, data, budget=Budget(max_t=1), seed=7, host=host, out=tmp_path, resume=True,
+                       executor=RayExecutor(workers=2), listeners=[steps])
+    assert per_input(resumed) == per_input(local_result) and resumed.complete
+    assert sorted(steps.finished) == list(range(3, N))  # the three saved inputs were not searched again
