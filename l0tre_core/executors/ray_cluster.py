@@ -239,7 +239,7 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as exc:
         raise EnvironmentProblem(f"no Ray cluster answers at {address} ({exc.strerror or exc})", field="ray_address",
-                                 hint="is the head node up (`ray start --head`)? `ray status` on it shows its address") from None
+                                 hint="is the head node up? `ray status` on it shows its address") from None
 
 
 def _messages_to_stderr() -> None:
