@@ -99,16 +99,28 @@ class SearchContext:
         return score(outputs, self.ref, self.threat.score, self.probs)
 
     def run_changes(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Model outputs for ``units [B, t]`` set to data-space ``values [B, t, Cu]``."""
+        """Model outputs for ``units [B, t]`` set to data-space ``values [B, t, Cu]``.
+
+        Each model call's batch is written into one reused buffer just before the call (only the
+        positions the previous batch changed are restored), so the batch the model reads is still
+        in the cache and the clean input is copied once per input, not once per row."""
         pos, val = self.encoder.encode(units, values)
-        pos_dev = self.kernels.asarray(pos)
-        fresh = self._buffer is None or self._buffer.shape[0] < len(pos)
-        batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val), None if fresh else self._buffer,
-                                     None if fresh else self._dirty)
-        if fresh:
-            self._buffer = batch
-        self._dirty = pos_dev
-        return self.classifier.run_flat(batch)
+        n = len(pos)
+        out = np.empty((n, self.classifier.n_classes), np.float32)
+        start = 0
+        while start < n:
+            size = self.classifier.call_size(n - start)
+            stop = min(n, start + size)
+            pos_dev = self.kernels.asarray(pos[start:stop])
+            fresh = self._buffer is None or self._buffer.shape[0] < stop - start
+            batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val[start:stop]),
+                                         None if fresh else self._buffer, None if fresh else self._dirty)
+            if fresh:
+                self._buffer = batch
+            self._dirty = pos_dev
+            out[start:stop] = self.classifier.run_flat(batch)
+            start = stop
+        return out
 
     def units_image(self, xu: np.ndarray) -> np.ndarray:
         return xu.reshape(self.x.shape)
