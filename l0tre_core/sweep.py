@@ -14,7 +14,8 @@ from l0tre_core.witness import Witness, flips, score
 from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
 from l0tre_core.threat import ThreatModel
 
-DONORS = 8  # inputs of the data tried by the last resort of the upper bound
+DONORS = 8  # donors tried by the last resort of the upper bound (each one gives a witness)
+SYNTHETIC_DONORS = 256  # uniform-noise images classified, for a last resort without data donors
 TOP_K = 4096  # most sensitive subsets kept per level (all of them at t = 1 for images up to 64x64)
 PREFIX_BATCH = 32
 
@@ -146,22 +147,24 @@ class SearchContext:
         return step
 
     def toward_donors(self, deadline: float | None, most: int = DONORS) -> Witness | None:
-        """A witness found by moving units of the input to their values in an input the model
-        classifies otherwise (the nearest ``most`` of them in ``data``, fewest differing units first):
-        for each, the fewest of its most different units that flip the label (bisection over the
-        count; all of them always flip, since the donor itself is classified otherwise), tightened
-        and verified. The last resort where the searches over V find nothing."""
-        if self.data is None:
+        """A witness found by moving units of the input to their values in a *donor*, an input
+        the model classifies otherwise: for each donor, the fewest of its most different units that
+        flip the label (bisection over the count; all of them always flip, since the donor itself is
+        classified otherwise), tightened and verified. The last resort where the searches over V
+        find nothing, so nothing caps it: the first donor is always taken to the end, whatever the
+        deadline, and the witness may change any number of units.
+
+        Donors are the inputs of ``data`` classified otherwise, nearest (fewest differing units)
+        first, then synthetic ones for when the data holds none (a one-input run, or data of one
+        class): the constant images of V and seeded uniform noise over the valid range. Up to
+        ``most`` donors are tried; the smallest witness is kept."""
+        donors = self._donors()
+        if not len(donors):
             return None
-        xs, classes = self.data
-        others = xs[classes != self.ref]  # taken here only: the last resort is rare
-        if not len(others):
-            return None
-        donors = others.reshape(len(others), self.encoder.n_units, self.encoder.channels).astype(np.float32)
         gap = np.abs(donors - self.x_units[None]).sum(axis=2)  # [M, U]
         best: Witness | None = None
-        for m in np.argsort((gap > 0).sum(axis=1), kind="stable")[:most]:
-            if deadline is not None and time.monotonic() > deadline:
+        for m in range(min(most, len(donors))):
+            if best is not None and deadline is not None and time.monotonic() > deadline:
                 break
             order = np.argsort(-gap[m], kind="stable")[: int((gap[m] > 0).sum())]
 
@@ -182,6 +185,29 @@ class SearchContext:
             if self.verify(w) and (best is None or w.size < best.size):
                 best = w
         return best
+
+    def _donors(self) -> np.ndarray:
+        """``[M, U, Cu]`` inputs classified otherwise than ``ref``: the data's nearest first, then
+        synthetic ones (built only when the data has too few)."""
+        found = []
+        if self.data is not None:
+            xs, classes = self.data
+            others = xs[classes != self.ref]  # taken here only: the last resort is rare
+            if len(others):
+                others = others.reshape(len(others), self.encoder.n_units, self.encoder.channels).astype(np.float32)
+                nearest = np.argsort((others != self.x_units[None]).any(axis=2).sum(axis=1), kind="stable")
+                found.append(others[nearest[:DONORS]])
+        if sum(len(f) for f in found) < DONORS:
+            u, c = self.encoder.n_units, self.encoder.channels
+            rng = np.random.default_rng(0)  # seeded: the same donors every run
+            lo, hi = self.threat.lo, self.threat.hi
+            synthetic = np.concatenate([
+                np.broadcast_to(self.values[:, None, :], (len(self.values), u, c)),
+                (lo + (hi - lo) * rng.random((SYNTHETIC_DONORS, u, c))).astype(np.float32),
+            ]).astype(np.float32)
+            other = flips(self.classifier.outputs(synthetic.reshape(len(synthetic), *self.x.shape)), self.ref)
+            found.append(synthetic[other])
+        return np.concatenate(found) if found else np.zeros((0, self.encoder.n_units, self.encoder.channels), np.float32)
 
     def sweep(self, t: int, deadline: float | None, top_k: int = TOP_K) -> Sensitivity:
         result = self._sweep(t, deadline, top_k)
