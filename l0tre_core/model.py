@@ -105,6 +105,21 @@ class Classifier:
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return out.reshape(n, -1)
 
+    def run_flat_bound(self, batch: Any) -> Any:
+        """Outputs of one model call on flat inputs ``[N, D]``, left on the batch's device through
+        the runtime's IOBinding (``run_bound``): for the search's reductions on the device. Valid
+        until the next call."""
+        began = time.perf_counter()
+        out = self.runtime.run_bound(batch.reshape((batch.shape[0], *self.geometry.sample_shape)))  # type: ignore[attr-defined]
+        self.tuner.record(batch.shape[0], time.perf_counter() - began)
+        self.evaluations += batch.shape[0]
+        return out
+
+    @property
+    def binds_outputs(self) -> bool:
+        """Whether the runtime can leave outputs on the device (IOBinding)."""
+        return callable(getattr(self.runtime, "run_bound", None))
+
     def outputs(self, xc: Any) -> np.ndarray:
         """Raw model outputs ``[N, K]`` (logits or probabilities, as the card says), chunked."""
         n = xc.shape[0]

@@ -110,18 +110,42 @@ class SearchContext:
         out = np.empty((n, self.classifier.n_classes), np.float32)
         start = 0
         while start < n:
-            size = self.classifier.call_size(n - start)
-            stop = min(n, start + size)
-            pos_dev = self.kernels.asarray(pos[start:stop])
-            fresh = self._buffer is None or self._buffer.shape[0] < stop - start
-            batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val[start:stop]),
-                                         None if fresh else self._buffer, None if fresh else self._dirty)
-            if fresh:
-                self._buffer = batch
-            self._dirty = pos_dev
-            out[start:stop] = self.classifier.run_flat(batch)
+            stop = min(n, start + self.classifier.call_size(n - start))
+            out[start:stop] = self.classifier.run_flat(self._perturb(pos[start:stop], val[start:stop]))
             start = stop
         return out
+
+    def assess_changes(self, units: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and flip flags ``[B]`` for ``units [B, t]`` set to ``values [B, t, Cu]``.
+
+        With device kernels (``device_outputs``) and a runtime that binds its outputs, batches are
+        built, run and reduced on the device and only the ``[B]`` results reach the host;
+        otherwise the outputs come back (``run_changes``) and are reduced here. Same results."""
+        if not (getattr(self.kernels, "device_outputs", False) and self.classifier.binds_outputs):
+            out = self.run_changes(units, values)
+            return self.score(out), flips(out, self.ref)
+        pos, val = self.encoder.encode(units, values)
+        n = len(pos)
+        scores, flipped = np.empty(n, np.float64), np.empty(n, bool)
+        start = 0
+        while start < n:
+            stop = min(n, start + self.classifier.call_size(n - start))
+            batch = self._perturb(pos[start:stop], val[start:stop])
+            out = self.classifier.run_flat_bound(batch)
+            scores[start:stop], flipped[start:stop] = self.kernels.reduce(out, self.ref, self.threat.score, self.probs)
+            start = stop
+        return scores, flipped
+
+    def _perturb(self, pos: np.ndarray, val: np.ndarray) -> Any:
+        """One model call's batch in the reused buffer (on the kernels' device)."""
+        pos_dev = self.kernels.asarray(pos)
+        fresh = self._buffer is None or self._buffer.shape[0] < len(pos)
+        batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val),
+                                     None if fresh else self._buffer, None if fresh else self._dirty)
+        if fresh:
+            self._buffer = batch
+        self._dirty = pos_dev
+        return batch
 
     def units_image(self, xu: np.ndarray) -> np.ndarray:
         return xu.reshape(self.x.shape)
@@ -232,14 +256,13 @@ class SearchContext:
             m = r1 - r0
             units = np.repeat(subsets, per_subset, axis=0)
             values = np.tile(assign_values, (m, 1, 1))
-            out = self.run_changes(units, values)
+            scores, flipped = self.assess_changes(units, values)
             evaluated += len(units)
-            flipped = flips(out, self.ref)
             if flipped.any():
                 i = int(np.argmax(flipped))
                 w = Witness(units[i].copy(), values[i].copy())
                 return Sensitivity(t, False, w, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
-            s = self.score(out).reshape(m, per_subset)
+            s = scores.reshape(m, per_subset)
             arg = s.argmin(axis=1)
             keep_sub = np.concatenate([keep_sub, subsets])
             keep_val = np.concatenate([keep_val, assign_values[arg]])

@@ -119,6 +119,17 @@ class NumpyKernels:
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
+    device_outputs = False  # model outputs come back to the host; see ``reduce``
+
+    def reduce(self, outputs: Any, ref: int, kind: str, probs: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row score (``witness.score``) and flip flags (``witness.flips``) of model outputs
+        on this kernel's device, as host arrays: a device kernel reduces ``[B, K]`` to ``[B]`` there
+        and copies only that back."""
+        from l0tre_core.witness import flips, score
+
+        out = np.asarray(outputs)
+        return score(out, ref, kind, probs), flips(out, ref)
+
     def perturb(self, base: Any, positions: np.ndarray, values: np.ndarray, out: Any = None, dirty: Any = None) -> Any:
         """``out[b] = base`` then ``out[b, positions[b, j]] = values[b, j]``.
 

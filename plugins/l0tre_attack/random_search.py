@@ -226,9 +226,9 @@ class _Run:
         return self.n_new[units] - ((current >= 0) & (current != self.clean_idx[units])) > 0
 
     def evaluate(self, units: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.ctx.run_changes(units, vals)
+        scores, flipped = self.ctx.assess_changes(units, vals)
         self.used += len(units)
-        return self.ctx.score(out), flips(out, self.ctx.ref)
+        return scores, flipped
 
     def accept_flip(self, units: np.ndarray, vals: np.ndarray, scores: np.ndarray, flipped: np.ndarray) -> Witness | None:
         """The most adversarial flipped candidate, verified through the model's ordinary path."""
