@@ -282,6 +282,10 @@ def main() -> None:
             if err:
                 rows[peer]["error"] = err
             print(f"[{name}] {peer}: {rows[peer]}", flush=True)
+            if args.json:  # after every peer: a long run cut short keeps what it measured (--reuse)
+                partial = dict(report["models"])
+                partial[name] = {"attacks": rows, "per_image": per_image, "partial": True}
+                args.json.write_text(json.dumps({**report, "models": {**earlier, **partial}}, indent=1))
 
         best = [min((per_image[p][i] for p in chosen if per_image[p][i] is not None), default=None)
                 for i in range(len(data.x))]

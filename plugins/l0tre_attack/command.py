@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_attack.random_search import DEFAULT_K_CAP, DEFAULT_QUERIES
+from l0tre_attack.random_search import DEFAULT_K_CAP
+from l0tre_attack.run import ATTACK_BUDGET
 from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
 from l0tre_core import Interrupted, ThreatModel, checked_result
@@ -26,7 +27,7 @@ def attack(
     against: str,
     time_limit: Optional[float],
     input_time_limit: Optional[float],
-    budget: Annotated[int, typer.Option("--budget", help="Random-search evaluations per input, after the t=1 sensitivity sweep (0: sensitivity search alone)", rich_help_panel=PANEL)] = DEFAULT_QUERIES,
+    budget: Annotated[int, typer.Option("--budget", help="Random-search evaluations per input, after the t=1 sensitivity sweep (0: sensitivity search alone)", rich_help_panel=PANEL)] = ATTACK_BUDGET,
     k_max: Annotated[int, typer.Option("--k-max", help="Largest number of pixels the random search starts from when the sensitivity search found nothing (larger verified examples are still reported)", rich_help_panel=PANEL)] = DEFAULT_K_CAP,
 ) -> None:
     check_settings(budget, k_max, time_limit, input_time_limit)
