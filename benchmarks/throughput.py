@@ -3,9 +3,9 @@
 For the t = 1 and t = 2 sweeps on each model, measures evaluations per second of the whole search
 step (unranking subsets, writing perturbed batches in the model's layout, running them, reducing
 scores), with the batch size chosen by the search itself (``l0tre_core.batching``), against plain
-``session.run`` of the same session (so the same session options) on batches built beforehand, in
-the raw side's own best batch size (the fastest of CANDIDATES, measured first by each size's
-fastest call). Search steps (t = 1: a whole sweep of one input; t = 2: one chunk of 4,096) alternate
+``session.run`` of the same session (so the same session options) on the same perturbed inputs
+built beforehand, in the raw side's own best batch size (the fastest of CANDIDATES, measured first
+by each size's fastest pass). Search steps (t = 1: a whole sweep of one input; t = 2: one chunk of 4,096) alternate
 with raw blocks of the same number of evaluations, so load changes hit both alike. Two ratios: of
 the summed wall times, and of the fastest step of each side (the figure least disturbed by other
 processes on a shared machine: they can only add time).
@@ -49,32 +49,47 @@ def search_step(clf, ctxs, t: int, i: int) -> tuple[int, float]:
     return sens.evaluated, time.perf_counter() - start
 
 
-def raw_feed(clf, x, batch: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    xs = np.repeat(x[None], batch, axis=0)
-    xs[np.arange(batch), rng.integers(0, xs.shape[1], batch)] = clf.card.hi
-    return np.ascontiguousarray(clf.model_input(xs))
+def raw_pool(clf, x, ref, t: int) -> np.ndarray:
+    """The search step's own perturbed inputs, built beforehand in the model's layout: the raw side
+    runs exactly the inputs the search runs (distinct rows, as a stream of real inputs would be,
+    not one small batch fed again and again from the cache)."""
+    from l0tre_core.tensors import assignment_digits, binomial_table, unrank_subsets
+
+    ctx = SearchContext(clf, NumpyKernels(), ThreatModel(lo=clf.card.lo, hi=clf.card.hi), x, ref, CHUNK)
+    n, nv = ctx.encoder.n_units, len(ctx.values)
+    per = nv**t
+    m = min(CHUNK // per, len(range(binomial_table(n, t)[n, t])))
+    subsets = unrank_subsets(np.arange(m), n, t)
+    units = np.repeat(subsets, per, axis=0)
+    values = np.tile(ctx.values[assignment_digits(np.arange(per), nv, t)], (m, 1, 1))
+    pos, val = ctx.encoder.encode(units, values)
+    flat = NumpyKernels().perturb(ctx.base, pos, val)
+    return np.ascontiguousarray(flat.reshape(len(flat), *clf.geometry.sample_shape))
 
 
-def raw_block(clf, ready: np.ndarray, evaluations: int) -> float:
-    """Seconds of plain session.run over ``evaluations`` inputs in batches of len(ready)."""
+def raw_block(clf, pool: np.ndarray, batch: int, evaluations: int) -> float:
+    """Seconds of plain session.run over ``evaluations`` inputs of the pool, in batches of ``batch``."""
     rt = clf.runtime
-    batch = len(ready)
-    sizes = [batch] * (evaluations // batch) + ([evaluations % batch] if evaluations % batch else [])
-    start = time.perf_counter()
-    for size in sizes:
-        rt.session.run([rt.output_name], {rt.input_name: ready[:size]})
-    return time.perf_counter() - start
+    feeds = []
+    done = 0
+    while done < evaluations:
+        start = done % len(pool)
+        size = min(batch, evaluations - done, len(pool) - start)
+        feeds.append(pool[start : start + size])
+        done += size
+    began = time.perf_counter()
+    for feed in feeds:
+        rt.session.run([rt.output_name], {rt.input_name: feed})
+    return time.perf_counter() - began
 
 
-def raw_best_batch(clf, x) -> tuple[int, dict[int, float]]:
-    """The raw side's best batch size: highest rate of each size's fastest call (the minimum is
-    the figure other processes on the machine disturb least)."""
+def raw_best_batch(clf, pool: np.ndarray) -> tuple[int, dict[int, float]]:
+    """The raw side's best batch size over the pool: highest rate of each size's fastest pass
+    (the minimum is the figure other processes on the machine disturb least)."""
     rates = {}
     for b in CANDIDATES:
-        ready = raw_feed(clf, x, b)
-        raw_block(clf, ready, b)  # warm
-        rates[b] = b / min(raw_block(clf, ready, b) for _ in range(max(3, 32768 // b)))
+        raw_block(clf, pool, b, len(pool))  # warm
+        rates[b] = len(pool) / min(raw_block(clf, pool, b, len(pool)) for _ in range(5))
     return max(rates, key=rates.get), rates
 
 
@@ -92,16 +107,17 @@ def main() -> None:
         while clf.tuner.chosen is None:  # the search's tuner settles during its first steps (untimed)
             search_step(clf, inputs, 2, i)
             i += 1
-        best, rates = raw_best_batch(clf, data.x[0])
-        ready = raw_feed(clf, data.x[0], best)
         print(f"model {name}: providers {clf.runtime.providers}, session {clf.runtime.session_options}")
-        print(f"  search batch (tuned in {i} steps): {clf.tuner.chosen}; raw best batch: {best} "
-              f"(raw evals/s of the fastest call, by batch: {', '.join(f'{b}: {r:,.0f}' for b, r in rates.items())})")
+        print(f"  search batch (tuned in {i} steps): {clf.tuner.chosen}")
         for t in (1, 2):
+            pools = [raw_pool(clf, x, ref, t) for x, ref in inputs]
+            best, rates = raw_best_batch(clf, pools[0])
+            print(f"  t={t}: raw best batch {best} (raw evals/s of the fastest pass over the step's inputs, by batch: "
+                  f"{', '.join(f'{b}: {r:,.0f}' for b, r in rates.items())})")
             s_time, r_time, s_min, r_min, total = 0.0, 0.0, math.inf, math.inf, 0
             for step in range(args.steps):
                 n, s_sec = search_step(clf, inputs, t, step)
-                r_sec = raw_block(clf, ready, n)
+                r_sec = raw_block(clf, pools[step % len(pools)], best, n)
                 s_time, r_time, total = s_time + s_sec, r_time + r_sec, total + n
                 s_min, r_min = min(s_min, s_sec / n), min(r_min, r_sec / n)
             print(f"  t={t}: {args.steps} steps of {n} evaluations; wall: search {total / s_time:,.0f} evals/s, "
