@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from l0tre_core.batching import BatchTuner
 from l0tre_core.card import ModelCard, metadata_fields, read_sidecar, resolve_card
 from l0tre_core.errors import CardError, ModelError, UsageError
 from l0tre_core.geometry import Geometry, ambiguous_layouts, geometry_for, infer_layout
 from l0tre_core.contracts import BackendOptions, Runtime
 
-DEFAULT_BATCH = 256
+DEFAULT_BATCH = 256  # rows per call outside the search (checks, predictions)
 
 
 def array_module(x: Any) -> Any:
@@ -32,6 +34,8 @@ class Classifier:
     """A runtime plus its card: maps canonical ``[N, P, C]`` data-space batches to outputs.
 
     ``evaluations`` counts every input the model has been run on through this object.
+    ``batch_size`` None (the default) lets the search's calls choose their own size (``BatchTuner``);
+    a number fixes it everywhere.
     """
 
     runtime: Runtime
@@ -39,14 +43,17 @@ class Classifier:
     geometry: Geometry
     n_classes: int
     path: Path | None = None
-    batch_size: int = DEFAULT_BATCH
+    batch_size: int | None = None
     onnx_model: Any = None  # onnx.ModelProto, for bound propagation
     evaluations: int = 0
+    tuner: BatchTuner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         c = self.geometry.n_channels
         self._mean = _per_channel(self.card.mean, c, "mean", 0.0)
         self._std = _per_channel(self.card.std, c, "std", 1.0)
+        self.tuner = BatchTuner(self.batch_size)
+        self._encoders: dict[str, Any] = {}
 
     @property
     def normalised(self) -> bool:
@@ -69,22 +76,49 @@ class Classifier:
         """Where units sit in the flat model input, for writing perturbations in model space."""
         from l0tre_core.tensors import make_encoder
 
-        return make_encoder(self.geometry, self._mean, self._std, unit)
+        if unit not in self._encoders:  # made once: every input's search context asks for it
+            self._encoders[unit] = make_encoder(self.geometry, self._mean, self._std, unit)
+        return self._encoders[unit]
 
     def flat_input(self, xc: Any) -> Any:
         """Canonical data-space samples ``[N, P, C]`` as flat model inputs ``[N, D]``."""
         return self.model_input(xc).reshape(xc.shape[0], -1)
 
+    def call_size(self, rows: int) -> int:
+        """Rows per model call for a group of ``rows`` perturbed inputs (tuned unless fixed)."""
+        return self.tuner.size(rows)
+
     def run_flat(self, batch: Any) -> np.ndarray:
-        """Outputs for flat model-space inputs ``[N, D]`` (the search's hot path), chunked."""
+        """Outputs for flat model-space inputs ``[N, D]`` (the search's hot path), in calls of
+        ``call_size`` rows, each timed for the tuner."""
         n = batch.shape[0]
         parts = []
-        for start in range(0, n, self.batch_size):
-            chunk = batch[start : start + self.batch_size]
+        start = 0
+        while start < n:
+            size = self.call_size(n - start)
+            chunk = batch[start : start + size]
+            began = time.perf_counter()
             parts.append(np.asarray(self.runtime.run(chunk.reshape((len(chunk), *self.geometry.sample_shape))), np.float32))
+            self.tuner.record(len(chunk), time.perf_counter() - began)
+            start += len(chunk)
         self.evaluations += n
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return out.reshape(n, -1)
+
+    def run_flat_bound(self, batch: Any) -> Any:
+        """Outputs of one model call on flat inputs ``[N, D]``, left on the batch's device through
+        the runtime's IOBinding (``run_bound``): for the search's reductions on the device. Valid
+        until the next call."""
+        began = time.perf_counter()
+        out = self.runtime.run_bound(batch.reshape((batch.shape[0], *self.geometry.sample_shape)))  # type: ignore[attr-defined]
+        self.tuner.record(batch.shape[0], time.perf_counter() - began)
+        self.evaluations += batch.shape[0]
+        return out
+
+    @property
+    def binds_outputs(self) -> bool:
+        """Whether the runtime can leave outputs on the device (IOBinding)."""
+        return callable(getattr(self.runtime, "run_bound", None))
 
     def outputs(self, xc: Any) -> np.ndarray:
         """Raw model outputs ``[N, K]`` (logits or probabilities, as the card says), chunked."""
@@ -92,8 +126,9 @@ class Classifier:
         if n == 0:
             return np.zeros((0, self.n_classes), np.float32)
         parts = []
-        for start in range(0, n, self.batch_size):
-            chunk = xc[start : start + self.batch_size]
+        step = self.batch_size or DEFAULT_BATCH
+        for start in range(0, n, step):
+            chunk = xc[start : start + step]
             parts.append(np.asarray(self.runtime.run(self.model_input(chunk)), dtype=np.float32))
         self.evaluations += n
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -189,7 +224,7 @@ def build_classifier(
         geometry=geometry,
         n_classes=k,
         path=path,
-        batch_size=batch_size or DEFAULT_BATCH,
+        batch_size=batch_size,
         onnx_model=onnx_model,
     )
     return clf

@@ -14,7 +14,8 @@ from l0tre_core.witness import Witness, flips, score
 from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
 from l0tre_core.threat import ThreatModel
 
-DONORS = 8  # inputs of the data tried by the last resort of the upper bound
+DONORS = 8  # donors tried by the last resort of the upper bound (each one gives a witness)
+SYNTHETIC_DONORS = 256  # uniform-noise images classified, for a last resort without data donors
 TOP_K = 4096  # most sensitive subsets kept per level (all of them at t = 1 for images up to 64x64)
 PREFIX_BATCH = 32
 
@@ -99,16 +100,52 @@ class SearchContext:
         return score(outputs, self.ref, self.threat.score, self.probs)
 
     def run_changes(self, units: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Model outputs for ``units [B, t]`` set to data-space ``values [B, t, Cu]``."""
+        """Model outputs for ``units [B, t]`` set to data-space ``values [B, t, Cu]``.
+
+        Each model call's batch is written into one reused buffer just before the call (only the
+        positions the previous batch changed are restored), so the batch the model reads is still
+        in the cache and the clean input is copied once per input, not once per row."""
         pos, val = self.encoder.encode(units, values)
+        n = len(pos)
+        out = np.empty((n, self.classifier.n_classes), np.float32)
+        start = 0
+        while start < n:
+            stop = min(n, start + self.classifier.call_size(n - start))
+            out[start:stop] = self.classifier.run_flat(self._perturb(pos[start:stop], val[start:stop]))
+            start = stop
+        return out
+
+    def assess_changes(self, units: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and flip flags ``[B]`` for ``units [B, t]`` set to ``values [B, t, Cu]``.
+
+        With device kernels (``device_outputs``) and a runtime that binds its outputs, batches are
+        built, run and reduced on the device and only the ``[B]`` results reach the host;
+        otherwise the outputs come back (``run_changes``) and are reduced here. Same results."""
+        if not (getattr(self.kernels, "device_outputs", False) and self.classifier.binds_outputs):
+            out = self.run_changes(units, values)
+            return self.score(out), flips(out, self.ref)
+        pos, val = self.encoder.encode(units, values)
+        n = len(pos)
+        scores, flipped = np.empty(n, np.float64), np.empty(n, bool)
+        start = 0
+        while start < n:
+            stop = min(n, start + self.classifier.call_size(n - start))
+            batch = self._perturb(pos[start:stop], val[start:stop])
+            out = self.classifier.run_flat_bound(batch)
+            scores[start:stop], flipped[start:stop] = self.kernels.reduce(out, self.ref, self.threat.score, self.probs)
+            start = stop
+        return scores, flipped
+
+    def _perturb(self, pos: np.ndarray, val: np.ndarray) -> Any:
+        """One model call's batch in the reused buffer (on the kernels' device)."""
         pos_dev = self.kernels.asarray(pos)
         fresh = self._buffer is None or self._buffer.shape[0] < len(pos)
-        batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val), None if fresh else self._buffer,
-                                     None if fresh else self._dirty)
+        batch = self.kernels.perturb(self.base_dev, pos_dev, self.kernels.asarray(val),
+                                     None if fresh else self._buffer, None if fresh else self._dirty)
         if fresh:
             self._buffer = batch
         self._dirty = pos_dev
-        return self.classifier.run_flat(batch)
+        return batch
 
     def units_image(self, xu: np.ndarray) -> np.ndarray:
         return xu.reshape(self.x.shape)
@@ -134,22 +171,24 @@ class SearchContext:
         return step
 
     def toward_donors(self, deadline: float | None, most: int = DONORS) -> Witness | None:
-        """A witness found by moving units of the input to their values in an input the model
-        classifies otherwise (the nearest ``most`` of them in ``data``, fewest differing units first):
-        for each, the fewest of its most different units that flip the label (bisection over the
-        count; all of them always flip, since the donor itself is classified otherwise), tightened
-        and verified. The last resort where the searches over V find nothing."""
-        if self.data is None:
+        """A witness found by moving units of the input to their values in a *donor*, an input
+        the model classifies otherwise: for each donor, the fewest of its most different units that
+        flip the label (bisection over the count; all of them always flip, since the donor itself is
+        classified otherwise), tightened and verified. The last resort where the searches over V
+        find nothing, so nothing caps it: the first donor is always taken to the end, whatever the
+        deadline, and the witness may change any number of units.
+
+        Donors are the inputs of ``data`` classified otherwise, nearest (fewest differing units)
+        first, then synthetic ones for when the data holds none (a one-input run, or data of one
+        class): the constant images of V and seeded uniform noise over the valid range. Up to
+        ``most`` donors are tried; the smallest witness is kept."""
+        donors = self._donors()
+        if not len(donors):
             return None
-        xs, classes = self.data
-        others = xs[classes != self.ref]  # taken here only: the last resort is rare
-        if not len(others):
-            return None
-        donors = others.reshape(len(others), self.encoder.n_units, self.encoder.channels).astype(np.float32)
         gap = np.abs(donors - self.x_units[None]).sum(axis=2)  # [M, U]
         best: Witness | None = None
-        for m in np.argsort((gap > 0).sum(axis=1), kind="stable")[:most]:
-            if deadline is not None and time.monotonic() > deadline:
+        for m in range(min(most, len(donors))):
+            if best is not None and deadline is not None and time.monotonic() > deadline:
                 break
             order = np.argsort(-gap[m], kind="stable")[: int((gap[m] > 0).sum())]
 
@@ -170,6 +209,29 @@ class SearchContext:
             if self.verify(w) and (best is None or w.size < best.size):
                 best = w
         return best
+
+    def _donors(self) -> np.ndarray:
+        """``[M, U, Cu]`` inputs classified otherwise than ``ref``: the data's nearest first, then
+        synthetic ones (built only when the data has too few)."""
+        found = []
+        if self.data is not None:
+            xs, classes = self.data
+            others = xs[classes != self.ref]  # taken here only: the last resort is rare
+            if len(others):
+                others = others.reshape(len(others), self.encoder.n_units, self.encoder.channels).astype(np.float32)
+                nearest = np.argsort((others != self.x_units[None]).any(axis=2).sum(axis=1), kind="stable")
+                found.append(others[nearest[:DONORS]])
+        if sum(len(f) for f in found) < DONORS:
+            u, c = self.encoder.n_units, self.encoder.channels
+            rng = np.random.default_rng(0)  # seeded: the same donors every run
+            lo, hi = self.threat.lo, self.threat.hi
+            synthetic = np.concatenate([
+                np.broadcast_to(self.values[:, None, :], (len(self.values), u, c)),
+                (lo + (hi - lo) * rng.random((SYNTHETIC_DONORS, u, c))).astype(np.float32),
+            ]).astype(np.float32)
+            other = flips(self.classifier.outputs(synthetic.reshape(len(synthetic), *self.x.shape)), self.ref)
+            found.append(synthetic[other])
+        return np.concatenate(found) if found else np.zeros((0, self.encoder.n_units, self.encoder.channels), np.float32)
 
     def sweep(self, t: int, deadline: float | None, top_k: int = TOP_K) -> Sensitivity:
         result = self._sweep(t, deadline, top_k)
@@ -194,14 +256,13 @@ class SearchContext:
             m = r1 - r0
             units = np.repeat(subsets, per_subset, axis=0)
             values = np.tile(assign_values, (m, 1, 1))
-            out = self.run_changes(units, values)
+            scores, flipped = self.assess_changes(units, values)
             evaluated += len(units)
-            flipped = flips(out, self.ref)
             if flipped.any():
                 i = int(np.argmax(flipped))
                 w = Witness(units[i].copy(), values[i].copy())
                 return Sensitivity(t, False, w, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
-            s = self.score(out).reshape(m, per_subset)
+            s = scores.reshape(m, per_subset)
             arg = s.argmin(axis=1)
             keep_sub = np.concatenate([keep_sub, subsets])
             keep_val = np.concatenate([keep_val, assign_values[arg]])

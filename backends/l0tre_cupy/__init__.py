@@ -51,6 +51,23 @@ class CupyKernels:
             self._kernel = cupy.RawKernel(_SCATTER, "l0tre_scatter")
         return self._kernel
 
+    device_outputs = True  # the search keeps model outputs on the GPU and reduces them here
+
+    def reduce(self, outputs: Any, ref: int, kind: str, probs: bool) -> tuple[np.ndarray, np.ndarray]:
+        """As ``NumpyKernels.reduce`` (the same arithmetic, in the same order), on the GPU: only
+        the ``[B]`` scores and flags cross to the host."""
+        import cupy
+
+        out = cupy.asarray(outputs)
+        s = cupy.log(cupy.clip(out, 1e-30, None)) if probs else out
+        if kind == "logit":
+            sc = s[:, ref].astype(cupy.float64)
+        else:
+            others = cupy.concatenate([s[:, :ref], s[:, ref + 1 :]], axis=1)
+            sc = (s[:, ref] - others.max(axis=1)).astype(cupy.float64)
+        flipped = (cupy.argmax(out, axis=1) != ref) & cupy.all(cupy.isfinite(out), axis=1)
+        return cupy.asnumpy(sc), cupy.asnumpy(flipped)
+
     def asarray(self, x: np.ndarray) -> Any:
         import cupy
 

@@ -61,6 +61,7 @@ class OrtRuntime:
     metadata: dict[str, str]
     notes: list[str] = field(default_factory=list)
     session_options: dict[str, Any] = field(default_factory=dict)  # recorded with results: certificates assume them
+    _binder: Any = field(default=None, repr=False)
 
     def run(self, batch: Any) -> np.ndarray:
         if type(batch).__module__.startswith("cupy"):
@@ -82,28 +83,112 @@ class OrtRuntime:
                 f"onnxruntime failed to run the model on a batch of shape {list(x.shape)}: {_first_line(exc)}"
             ) from None
 
+    def run_bound(self, batch: Any) -> Any:
+        """Outputs ``[N, K]`` left where ``batch`` lives, through IOBinding: a CuPy batch on a CUDA
+        session is read and written in device memory (no host round trip); a NumPy batch is bound
+        as host OrtValues on the CPU provider, the same code path (tested everywhere). The result
+        lives in a buffer reused by the next call: reduce or copy it before calling again."""
+        if self.batching == "loop":
+            if type(batch).__module__.startswith("cupy"):
+                import cupy
+
+                return cupy.asarray(self.run(batch))
+            return self.run(batch)
+        if self._binder is None:
+            self._binder = IoBinder(self.session, self.input_name, self.output_name, self.output_shape)
+        try:
+            return self._binder.run(batch, cuda="CUDAExecutionProvider" in self.providers)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"onnxruntime failed to run the model on a batch of shape {list(batch.shape)}: {_first_line(exc)}"
+            ) from None
+
     def _run_device(self, batch: Any) -> np.ndarray:
-        """A CuPy batch: bound in place on the GPU when the session runs on CUDA."""
+        """A CuPy batch: bound in place on the GPU when the session runs on CUDA, outputs copied
+        back to the host."""
         import cupy
 
         if "CUDAExecutionProvider" not in self.providers or self.batching == "loop":
             return self.run(cupy.asnumpy(batch))
-        x = cupy.ascontiguousarray(batch, dtype=cupy.float32)
-        # ORT's stream does not wait for CuPy's: finish writing the batch before ORT reads it.
-        cupy.cuda.get_current_stream().synchronize()
-        binding = self.session.io_binding()
-        binding.bind_input(
-            self.input_name, "cuda", x.device.id, np.float32, tuple(x.shape), x.data.ptr
+        return np.asarray(cupy.asnumpy(self.run_bound(batch)), np.float32)
+
+
+class IoBinder:
+    """One session's IOBinding: input and output buffers bound by address, reused across calls.
+
+    CUDA (a CuPy batch on a session whose provider is CUDA): the batch is bound where it lies,
+    the output goes to a CuPy buffer that stays on the device. CuPy and onnxruntime each have their
+    own stream, so both hand-offs are synchronised explicitly: CuPy's stream before onnxruntime
+    reads the batch, onnxruntime's outputs (``synchronize_outputs``) before CuPy reads them.
+
+    CPU (a NumPy batch): the batch and a preallocated NumPy output are bound as host OrtValues, so
+    this same code path runs, and is tested, on machines without a GPU. Where the output's shape is
+    not known before the run (symbolic dimensions other than the batch), onnxruntime allocates it.
+    """
+
+    def __init__(self, session: Any, input_name: str, output_name: str, output_shape: tuple[Any, ...]) -> None:
+        self.session = session
+        self.input_name = input_name
+        self.output_name = output_name
+        rest = tuple(output_shape[1:])
+        self.out_rest = rest if all(isinstance(d, int) for d in rest) else None
+        self.binding = session.io_binding()
+        self._out: Any = None  # the output buffer, grown to the largest batch seen
+
+    def _output(self, xp: Any, n: int) -> Any:
+        if self._out is None or self._out.shape[0] < n or type(self._out).__module__ != xp.__name__:
+            self._out = xp.empty((n, *self.out_rest), dtype=xp.float32)
+        return self._out[:n]
+
+    def run(self, batch: Any, cuda: bool) -> Any:
+        import onnxruntime as ort
+
+        on_device = type(batch).__module__.startswith("cupy")
+        if on_device and cuda:
+            import cupy
+
+            x = cupy.ascontiguousarray(batch, dtype=cupy.float32)
+            dev = x.device.id
+            self.binding.bind_input(self.input_name, "cuda", dev, np.float32, tuple(x.shape), x.data.ptr)
+            if self.out_rest is not None:
+                out = self._output(cupy, len(x))
+                self.binding.bind_output(self.output_name, "cuda", dev, np.float32, tuple(out.shape), out.data.ptr)
+            else:
+                self.binding.bind_output(self.output_name, "cuda", dev)
+            cupy.cuda.get_current_stream().synchronize()  # the batch is written before ORT reads it
+            self.binding.synchronize_inputs()
+            self.session.run_with_iobinding(self.binding)
+            self.binding.synchronize_outputs()  # ORT's stream is done before CuPy reads the output
+            if self.out_rest is None:
+                out = cupy.asarray(self.binding.copy_outputs_to_cpu()[0])
+            return _per_sample_any(out, len(x), tuple(x.shape))
+        if on_device:  # a CuPy batch but a CPU session: one copy to the host each way
+            import cupy
+
+            return cupy.asarray(self.run(cupy.asnumpy(batch), cuda=False))
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        self.binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x))
+        if self.out_rest is not None:
+            out = self._output(np, len(x))
+            self.binding.bind_ortvalue_output(self.output_name, ort.OrtValue.ortvalue_from_numpy(out))
+            self.session.run_with_iobinding(self.binding)
+        else:
+            self.binding.bind_output(self.output_name, "cpu")
+            self.session.run_with_iobinding(self.binding)
+            out = self.binding.copy_outputs_to_cpu()[0]
+        return _per_sample_any(out, len(x), tuple(x.shape))
+
+
+def _per_sample_any(out: Any, n: int, in_shape: tuple[int, ...]) -> Any:
+    """``_per_sample`` for NumPy or CuPy outputs (no copy off the device)."""
+    if out.ndim == 0 or out.shape[0] != n:
+        raise ModelError(
+            f"the model returned outputs of shape {list(out.shape)} for {n} inputs of shape {list(in_shape)}; "
+            "l0tre needs one row of class scores per input"
         )
-        binding.bind_output(self.output_name, "cpu")
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:
-            raise ModelError(
-                f"onnxruntime failed to run the model on a batch of shape {list(x.shape)}: {_first_line(exc)}"
-            ) from None
-        out = binding.copy_outputs_to_cpu()[0]
-        return _per_sample(np.asarray(out, np.float32), len(x), tuple(x.shape))
+    return out.reshape(n, -1)
 
 
 def _per_sample(out: np.ndarray, n: int, in_shape: tuple[int, ...]) -> np.ndarray:

@@ -223,7 +223,7 @@ def _common_options(fn: Callable[..., Any], without: tuple[str, ...]) -> Callabl
         format: Annotated[str, typer.Option("--format", "-f", metavar="[table|json]", help="Results on stdout as a table or JSON", rich_help_panel=RUN_PANEL)] = "table",
         seed: Annotated[int, typer.Option("--seed", help="Random seed", rich_help_panel=RUN_PANEL)] = 0,
         device: Annotated[str, typer.Option("--device", metavar="[auto|cpu|cuda]", help="Where the model and the search run", rich_help_panel=RUN_PANEL)] = "auto",
-        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per model call", rich_help_panel=RUN_PANEL, show_default="256")] = None,
+        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Inputs per model call (default: the search measures and picks its own)", rich_help_panel=RUN_PANEL, show_default="auto")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output", rich_help_panel=RUN_PANEL)] = False,
         executor: Annotated[str, typer.Option("--executor", metavar="[local|ray]", help="Where the inputs are searched: this process, or a Ray cluster (needs the ray extra)", rich_help_panel=RUN_PANEL)] = "local",
         ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: 'auto' joins this machine's cluster, HOST:PORT another", rich_help_panel=RUN_PANEL, show_default="start a local Ray runtime")] = None,

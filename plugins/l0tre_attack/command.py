@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from l0tre_attack.random_search import DEFAULT_K_CAP, DEFAULT_QUERIES
+from l0tre_attack.random_search import DEFAULT_K_CAP
+from l0tre_attack.run import ATTACK_BUDGET
 from l0tre_attack.run import SUCCESS_AT, AttackResult, check_settings, run_attack, write_outputs
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
 from l0tre_core import Interrupted, ThreatModel, checked_result
@@ -26,8 +27,8 @@ def attack(
     against: str,
     time_limit: Optional[float],
     input_time_limit: Optional[float],
-    budget: Annotated[int, typer.Option("--budget", help="Random-search evaluations per input, after the t=1 sensitivity sweep (0: sensitivity search alone)", rich_help_panel=PANEL)] = DEFAULT_QUERIES,
-    k_max: Annotated[int, typer.Option("--k-max", help="Most pixels an adversarial example may change to count as a success", rich_help_panel=PANEL)] = DEFAULT_K_CAP,
+    budget: Annotated[int, typer.Option("--budget", help="Random-search evaluations per input, after the t=1 sensitivity sweep (0: sensitivity search alone)", rich_help_panel=PANEL)] = ATTACK_BUDGET,
+    k_max: Annotated[int, typer.Option("--k-max", help="Largest number of pixels the random search starts from when the sensitivity search found nothing (larger verified examples are still reported)", rich_help_panel=PANEL)] = DEFAULT_K_CAP,
 ) -> None:
     check_settings(budget, k_max, time_limit, input_time_limit)
     executor = common.open_executor()  # a missing Ray is an environment error before any work
@@ -77,7 +78,7 @@ def print_table(result: AttackResult) -> None:
     rates = "  ".join(f"<={k}: {100 * s['success_at'][str(k)]:.0f}%" for k in SUCCESS_AT)
     median = "-" if s["median_l0"] is None else f"{s['median_l0']:g}"
     console.out.print(
-        f"success {s['successes']}/{s['inputs']} ({100 * s['success_rate']:.0f}%) at L0 <= {result.settings['k_max']}; "
+        f"success {s['successes']}/{s['inputs']} ({100 * s['success_rate']:.0f}%); "
         f"median L0 {median}; {result.seconds:.1f}s"
     )
     console.out.print(f"success rate at L0: {rates}")

@@ -33,6 +33,7 @@ DEFAULT_BATCH = 32  # candidates per model call
 DEFAULT_K_CAP = 64  # largest k tried when there is no example to start from
 DEFAULT_PATIENCE = 500  # evaluations without a better score before a restart
 ALPHA_INIT = 0.3  # Sparse-RS: share of the changed units swapped at the start of a climb
+SEEDED_RESTARTS = True  # restart climbs from the witness minus one unit before random sets
 
 
 def alpha_schedule(alpha_init: float, frac: float) -> float:
@@ -226,9 +227,9 @@ class _Run:
         return self.n_new[units] - ((current >= 0) & (current != self.clean_idx[units])) > 0
 
     def evaluate(self, units: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.ctx.run_changes(units, vals)
+        scores, flipped = self.ctx.assess_changes(units, vals)
         self.used += len(units)
-        return self.ctx.score(out), flips(out, self.ctx.ref)
+        return scores, flipped
 
     def accept_flip(self, units: np.ndarray, vals: np.ndarray, scores: np.ndarray, flipped: np.ndarray) -> Witness | None:
         """The most adversarial flipped candidate, verified through the model's ordinary path."""
@@ -248,6 +249,8 @@ class _Run:
             return None, None
         units, vals = units[:take], vals[:take]
         scores, flipped = self.evaluate(units, vals)
+        self._last_seed_scores = scores.copy()
+        self._last_scores = np.where(flipped, np.inf, scores)
         if flipped.any():
             found = self.accept_flip(units, vals, scores, flipped)
             if found is not None:
@@ -369,11 +372,22 @@ class _Run:
         units = np.broadcast_to(w.units, (k, k))[keep].reshape(k, k - 1)
         vals = np.broadcast_to(w.values, (k, *w.values.shape))[keep].reshape(k, k - 1, -1)
         order = self.rng.permutation(k)  # with too little budget to rank every unit, drop random ones
-        found, start = self.screen(units[order], vals[order])
+        units, vals = units[order], vals[order]
+        take = min(k, self.left)
+        found, start = self.screen(units, vals)
+        if found is not None or start is None:
+            return found
+        # restarts seeded from the witness: each "w minus one unit", most promising first (their
+        # scores came with the screen), before random sets of k - 1 units, which rarely beat them
+        seeds = [i for i in np.argsort(self._last_scores[:take], kind="stable")[1:] if np.isfinite(self._last_scores[i])]
         while found is None and start is not None and not self.exhausted():
             found = self.climb(*start, limit=self.left, patience=self.patience)
             if found is None and not self.exhausted():
-                found, start = self.screen(*self.random_sets(k - 1, min(self.batch, self.left)))
+                if SEEDED_RESTARTS and seeds:
+                    i = seeds.pop(0)
+                    start = (units[i].copy(), vals[i].copy(), float(self._last_seed_scores[i]))
+                else:
+                    found, start = self.screen(*self.random_sets(k - 1, min(self.batch, self.left)))
         return found
 
     def find_any(self, k_cap: int) -> Witness | None:
@@ -397,3 +411,51 @@ class _Run:
                 if found is not None:
                     return found
         return None
+
+
+GREEDY_POOL = 2048  # most (unit, value) candidates a greedy step evaluates (all of them on MNIST)
+
+
+def greedy_witness(ctx: Any, sens: Any, deadline: float | None, max_evals: int) -> tuple[Witness | None, int]:
+    """Adaptive greedy construction: from the clean input, add the (unit, value of V) change that
+    lowers the margin most *given the changes already made*, until the label flips; the verified
+    example (untightened) and the evaluations spent.
+
+    L0-TRE's cumulative union ranks units once, at the clean input; here every step re-ranks them
+    at the current image, so units that only matter together are found. Each step costs one
+    evaluation per candidate: every (unit, value) pair when there are at most ``GREEDY_POOL``, the
+    ``GREEDY_POOL`` most sensitive ones of the t = 1 sweep otherwise."""
+    values = np.asarray(ctx.values, np.float32)
+    n, nv = ctx.encoder.n_units, len(values)
+    units = np.repeat(np.arange(n), nv)
+    vals = np.tile(values, (n, 1))
+    differs = np.any(vals != ctx.x_units[units], axis=1)
+    units, vals = units[differs], vals[differs]
+    if len(units) > GREEDY_POOL and sens is not None and len(sens.subsets):
+        rank = np.full(n, len(sens.subsets), np.int64)
+        rank[np.asarray(sens.subsets)[:, 0]] = np.arange(len(sens.subsets))
+        keep = np.argsort(rank[units], kind="stable")[:GREEDY_POOL]
+        units, vals = units[keep], vals[keep]
+    chosen_u = np.zeros(0, np.int64)
+    chosen_v = np.zeros((0, values.shape[1]), np.float32)
+    used = 0
+    while len(units) and used + len(units) <= max_evals and not (deadline is not None and time.monotonic() > deadline):
+        k = len(chosen_u)
+        batch_u = np.concatenate([np.broadcast_to(chosen_u, (len(units), k)), units[:, None]], axis=1)
+        batch_v = np.concatenate([np.broadcast_to(chosen_v, (len(units), k, values.shape[1])), vals[:, None]], axis=1)
+        scores, flipped = ctx.assess_changes(batch_u, batch_v)
+        used += len(units)
+        if flipped.any():
+            for i in np.flatnonzero(flipped)[np.argsort(scores[flipped], kind="stable")][:2]:
+                w = Witness.between(ctx.x_units, Witness(batch_u[i], batch_v[i]).apply(ctx.x_units))
+                used += 1
+                if w.size and ctx.verify(w):
+                    return w, used
+            return None, used
+        i = int(np.argmin(scores))
+        chosen_u = batch_u[i].copy()
+        chosen_v = batch_v[i].copy()
+        drop = units != units[i]  # the unit is taken: its other values leave the pool too
+        units, vals = units[drop], vals[drop]
+    return None, used
+
