@@ -83,7 +83,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "robustness": ["robustness", "--n", "4", "--lower", "discrete", "--upper", "none"],
         "attack": ["attack", "--n", "4", "--budget", "200"],
         "saliency": ["saliency", "--n", "3"],
-        "testgen": ["testgen", "--n", "4"],
+        "testgen": ["testgen", "--n", "4", "--max-l0", "4"],
     }
     out = {}
     for name, args in commands.items():

@@ -150,7 +150,9 @@ def table_part(run: RunFolder, key: str) -> str:
         rows.append(row)
     parts = ["<h3>Per input</h3>", sortable_table(rows, table_id=f"t-{key}", caption="click a column to sort")]
     if run.command == "testgen" and run.doc.get("cases"):
-        parts.append("<h4>Test cases</h4>" + sortable_table([flatten(c) for c in run.doc["cases"]], table_id=f"c-{key}"))
+        parts.append("<h4>Adversarial test cases</h4>" + sortable_table([flatten(c) for c in run.doc["cases"]], table_id=f"c-{key}"))
+    if run.command == "testgen" and run.doc.get("coverage_tests"):
+        parts.append("<h4>Coverage-guided tests</h4>" + sortable_table([flatten(c) for c in run.doc["coverage_tests"]], table_id=f"g-{key}"))
     if run.command == "design" and run.doc.get("claims"):
         items = "".join(f"<li>{escape(c['text'])}</li>" for c in run.doc["claims"])
         parts.insert(0, f"<h3>Claims</h3><ul class='claims'>{items}</ul>"
@@ -226,7 +228,8 @@ def _witness_caption(run: RunFolder, s: dict[str, Any], z: dict[str, np.ndarray]
         return f"#{idx}: prediction {s.get('reference', '?')}; {s.get('lower', '?')} <= d* <= {s.get('upper', '?')} ({s.get('guarantee', '?')})"
     if run.command == "attack":
         return f"#{idx}: {s.get('reference', '?')} -> {s.get('adversarial_label', '?')} with L0 = {s.get('l0', '?')} ({s.get('found_by', '?')})"
-    return f"#{idx}: {int(z['label_clean'][k])} -> {int(z['label_new'][k])} with L0 = {int(z['l0'][k])}"
+    kind = f" ({z['kind'][k]})" if "kind" in z else ""
+    return f"#{idx}{kind}: label {int(z['label_clean'][k])} -> {int(z['label_new'][k])} with L0 = {int(z['l0'][k])}"
 
 
 def _saliency_images(run: RunFolder, data: Path | None, max_images: int) -> str:
