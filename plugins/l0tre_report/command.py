@@ -17,7 +17,7 @@ PANEL = "Report"
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Result folders (written by any application with --out)", metavar="RUN_DIR...", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", help="The HTML file to write", rich_help_panel=PANEL, show_default="RUN_DIR/report.html for one folder, report.html for several")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="The data the runs used, to show the clean inputs beside the witnesses (found automatically for the demo and for a file beside the folder)", rich_help_panel=PANEL)] = None,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Data files the runs used (repeatable; each serves the runs that recorded its file name), to show the clean inputs beside the witnesses; found automatically for the demo and for a file beside the folder", rich_help_panel=PANEL)] = None,
     max_images: Annotated[int, typer.Option("--max-images", help="Most inputs pictured per run", rich_help_panel=PANEL)] = 16,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No message on stderr")] = False,
 ) -> None:
@@ -27,8 +27,9 @@ def report(
 
         if max_images < 0:
             raise UsageError(f"--max-images must be >= 0, got {max_images}")
-        if data is not None and not data.exists():
-            raise UsageError(f"--data not found: {data}")
+        for d in data or []:
+            if not d.exists():
+                raise UsageError(f"--data not found: {d}")
         runs = read_runs(list(run_dirs))
         target = out or (runs[0].path / "report.html" if len(runs) == 1 else Path("report.html"))
         if target.is_dir():

@@ -68,9 +68,15 @@ document.querySelectorAll('table.sortable').forEach(function(table){
 """
 
 
-def run_section(run: RunFolder, key: str, data: Path | None, max_images: int) -> str:
+def data_for(run: RunFolder, data: list[Path]) -> Path | None:
+    """The ``--data`` file whose name is the data source the run recorded, if any."""
+    source = str((run.doc.get("data") or {}).get("source") or "")
+    return next((d for d in data if d.name == source), None)
+
+
+def run_section(run: RunFolder, key: str, data: list[Path], max_images: int) -> str:
     # images first: reading the clean inputs may add notes that the section shows
-    images = images_part(run, data, max_images)
+    images = images_part(run, data_for(run, data), max_images)
     model = run.doc.get("model") or {}
     model_name = Path(str(model.get("path") or "")).name or ", ".join(str(m.get("name")) for m in run.doc.get("models", []))
     return (f'<section id="{key}"><h2>{escape(run.label)}: <code>l0tre {escape(run.command)}</code> '
@@ -104,10 +110,11 @@ def comparison_section(runs: list[RunFolder]) -> str:
             curves.append(Series(f"{r.label} upper", [(h[0], h[2]) for h in r.doc["history"] if h[2] is not None], step=True, dashed=True))
     if curves:
         parts.append(line_chart(curves, x_label="seconds", y_label="mean pixels (d*)", title="Convergence of the robustness runs", y_min=0, x_min=0))
-    per: dict[int, dict[str, object]] = {}
+    per: dict[tuple[str, int], dict[str, object]] = {}  # inputs are the same only in the same data
     for r in runs:
+        source = str((r.doc.get("data") or {}).get("source") or "-")
         for s in r.doc.get("samples", []):
-            cell = per.setdefault(int(s["index"]), {"index": int(s["index"])})
+            cell = per.setdefault((source, int(s["index"])), {"data": source, "index": int(s["index"])})
             if r.command == "robustness":
                 cell[f"{r.label} lower"], cell[f"{r.label} upper"] = s.get("lower"), s.get("upper")
             elif r.command == "attack":
@@ -117,13 +124,14 @@ def comparison_section(runs: list[RunFolder]) -> str:
             elif r.command == "testgen":
                 cell[f"{r.label} cases"] = s.get("cases")
     if per and len(runs) > 1:
-        parts.append("<h3>Per input, across runs</h3>" + sortable_table([per[i] for i in sorted(per)], table_id="compare-inputs"))
+        parts.append("<h3>Per input, across runs</h3>" + sortable_table([per[k] for k in sorted(per)], table_id="compare-inputs",
+                                                                         caption="an input is the same across runs only in the same data"))
     parts.append("</section>")
     return "".join(parts)
 
 
-def render(runs: list[RunFolder], *, data: Path | None = None, max_images: int = 16) -> str:
-    sections = [run_section(r, f"run-{i}", data, max_images) for i, r in enumerate(runs, 1)]
+def render(runs: list[RunFolder], *, data: list[Path] | None = None, max_images: int = 16) -> str:
+    sections = [run_section(r, f"run-{i}", list(data or []), max_images) for i, r in enumerate(runs, 1)]
     title = f"l0tre report: {runs[0].label}" if len(runs) == 1 else f"l0tre report: {len(runs)} runs compared"
     nav = "".join(f"<a href='#run-{i}'>{escape(r.label)} ({escape(r.command)})</a>" for i, r in enumerate(runs, 1))
     if len(runs) > 1:

@@ -33,16 +33,17 @@ def headline(run: RunFolder) -> str:
     """One sentence saying what the run found."""
     d, s = run.doc, run.doc.get("summary", {})
     n = s.get("inputs", len(d.get("samples", [])))
+    inputs = f"{n} input{'' if n == 1 else 's'}"
     if run.command == "robustness":
         up = "?" if s.get("upper") is None else f"{s['upper']:.3f}"
-        return (f"Global robustness over {n} inputs: {s.get('lower', 0):.3f} &le; mean d* &le; {up} pixels "
+        return (f"Global robustness over {inputs}: {s.get('lower', 0):.3f} &le; mean d* &le; {up} pixels "
                 f"(lower bounds {escape(', '.join(s.get('guarantees', [])))}); {s.get('exact', 0)} inputs exact.")
     if run.command == "attack":
         med = s.get("median_l0")
-        return (f"{s.get('successes', 0)} of {n} inputs attacked successfully (rate {s.get('success_rate', 0):.0%}); "
+        return (f"{s.get('successes', 0)} of {inputs} attacked successfully (rate {s.get('success_rate', 0):.0%}); "
                 f"median L0 of the adversarial examples {'-' if med is None else fmt(med)} pixels.")
     if run.command == "saliency":
-        return (f"Single-pixel saliency of {n} inputs: {s.get('single_pixel_flips', 0)} flipped by one pixel alone; "
+        return (f"Single-pixel saliency of {inputs}: {s.get('single_pixel_flips', 0)} flipped by one pixel alone; "
                 f"{s.get('evaluations', 0):,} model evaluations in {s.get('seconds', 0):.1f} s.")
     if run.command == "testgen":
         cov = d.get("coverage") or {}
@@ -52,12 +53,12 @@ def headline(run: RunFolder) -> str:
             tail = f"; {escape(str(cov.get('criterion', 'nc')).upper())} coverage {cov.get('combined', 0):.2%} with the generated tests"
             if at:
                 tail += " (" + ", ".join(f"{v:.2%} at L0 &le; {k}" for k, v in at.items()) + ")"
-        return f"{s.get('cases', 0)} verified test cases from {s.get('inputs_with_cases', 0)} of {n} inputs{tail}."
+        return f"{s.get('cases', 0)} verified test cases from {s.get('inputs_with_cases', 0)} of {inputs}{tail}."
     if run.command == "design":
         ranking = s.get("ranking", [])
         names = " &gt; ".join(escape(r["name"]) for r in ranking)
-        return f"{len(ranking)} models ranked on the same {n} inputs: {names} (an order; the claims below say what is proven)."
-    return f"{escape(run.command)}: {n} inputs."
+        return f"{len(ranking)} models ranked on the same {inputs}: {names} (an order; the claims below say what is proven)."
+    return f"{escape(run.command)}: {inputs}."
 
 
 def summary_part(run: RunFolder) -> str:
