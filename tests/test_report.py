@@ -241,3 +241,35 @@ def test_png_helpers_round_trip() -> None:
     assert hwc.shape == (2, 4, 5, 3) and hwc[1, 2, 3, 1] == x[1, 1, 2, 3]
     flat = to_hwc(np.zeros((1, 784), np.float32), (28, 28, 1))
     assert flat.shape == (1, 28, 28, 1)
+
+
+def test_design_run_and_explicit_data(tmp_path: Path) -> None:
+    """A design run shows its claims, ranking and intervals; a run on a user's data file that is not
+    beside the folder gets its clean images from --data (matched by the file name)."""
+    from test_design import linear_model
+
+    from helpers import write_npz
+
+    fragile = linear_model(tmp_path / "fragile.onnx", np.eye(16)[0] * 10.0, -5.0)
+    robust = linear_model(tmp_path / "robust.onnx", np.ones(16), -8.0)
+    (tmp_path / "elsewhere").mkdir()
+    data = write_npz(tmp_path / "elsewhere" / "d.npz", np.full((3, 16), 0.1, np.float32), np.zeros(3, np.int64))
+    out = tmp_path / "runs" / "design"
+    result = invoke(["design", fragile, robust, "--data", data, "--layout", "flat", "--max-t", "1", "--out", out, "-q"])
+    assert result.exit_code == 0, result.stderr
+    att = tmp_path / "runs" / "attack"
+    result = invoke(["attack", fragile, "--data", data, "--layout", "flat", "--budget", "50", "--out", att, "-q"])
+    assert result.exit_code == 0, result.stderr
+    page_file = tmp_path / "r.html"
+    assert invoke(["report", out, att, "--out", page_file, "-q"]).exit_code == 0
+    page = parse(page_file)
+    text = page.all_text()
+    doc = json.loads((out / "results.json").read_text())
+    assert "Claims" in text and doc["claims"][0]["text"] in text
+    assert [t for _, t in page.column("r-run-1", "name")] == [r["name"] for r in doc["summary"]["ranking"]]
+    assert any(tag == "svg" and "intervals" in (a.get("aria-label") or "") for tag, a in page.tags)
+    alts = [a.get("alt") or "" for tag, a in page.tags if tag == "img"]
+    assert not any(alt.startswith("clean #") for alt in alts) and "give --data FILE" in text
+    assert invoke(["report", out, att, "--out", page_file, "--data", data, "-q"]).exit_code == 0
+    alts = [a.get("alt") or "" for tag, a in parse(page_file).tags if tag == "img"]
+    assert any(alt.startswith("clean #") for alt in alts)

@@ -62,7 +62,9 @@ def headline(run: RunFolder) -> str:
 
 
 def summary_part(run: RunFolder) -> str:
-    return f'<h3>Summary</h3><p class="headline">{headline(run)}</p>' + kv_table(run.doc.get("summary", {}))
+    # lists of objects (design's ranking) have their own table below
+    plain = {k: v for k, v in run.doc.get("summary", {}).items() if not _bulky(v)}
+    return f'<h3>Summary</h3><p class="headline">{headline(run)}</p>' + kv_table(plain)
 
 
 def settings_part(run: RunFolder) -> str:
