@@ -143,3 +143,36 @@ def test_overlapping_intervals_name_what_could_decide_them() -> None:
     # no per-input bounds: no estimate
     assert deciding_budget(ModelBounds("e", 1, 2, "sound"), ModelBounds("f", 1, 2, "sound")) == ""
     assert certified_share(b, 2) == [0.5, 0.0]
+
+
+def test_longer_certificate_time_is_named_when_it_would_decide() -> None:
+    """An input whose certificate stopped short (lower 1 at max_t 1, no witness at 1) is what
+    decides: finished, the level already searched clears the other's upper bound."""
+    from l0tre_design.compare import ModelBounds, compare, lower_if_finished, per_input_tally, unfinished
+
+    a = ModelBounds("a", 1.5, 5.0, "sound", (1, 2), (5, 5), 1)  # input 0: level 1 not finished
+    b = ModelBounds("b", 1.0, 1.75, "sound", (1, 1), (2, 1.5), 1)
+    assert unfinished(a) == 1 and lower_if_finished(a) == 2.0
+    v = compare(a, b)
+    assert v.winner is None and "a could be shown more robust with a longer certificate time" in v.text
+    assert "1 of its inputs stopped below t = 2" in v.text
+    assert per_input_tally(a, b) == (1, 0, 1)  # input 1: lower 2 > b's witness 1.5
+    assert "a is proven more robust on 1 of 2, b on 0, neither on 1" in v.text
+
+
+def test_tally_says_when_more_inputs_would_not_help() -> None:
+    from l0tre_design.compare import ModelBounds, deciding_budget
+
+    a = ModelBounds("a", 2.0, 4.0, "sound", (3, 1), (4, 1), 2)  # strong on input 0, exact 1 on input 1
+    b = ModelBounds("b", 2.0, 4.0, "sound", (1, 3), (1, 4), 2)  # the reverse
+    text = deciding_budget(a, b)
+    assert "a is proven more robust on 1 of 2, b on 1" in text and "more inputs would not decide" in text
+
+
+def test_equal_means_rank_by_the_share_proven_at_the_highest_t() -> None:
+    from l0tre_design.compare import ModelBounds, rank
+
+    # same mean lower bound 2.0: "deep" proves t = 2 on one input, "flat" proves t = 1 on both
+    deep = ModelBounds("deep", 2.0, 6.0, "sound", (3, 1), (6, 6), 2)
+    flat = ModelBounds("flat", 2.0, 9.0, "sound", (2, 2), (9, 9), 2)
+    assert [m.name for m in rank([flat, deep])] == ["deep", "flat"]  # 50% at t = 2 beats 0%, despite the upper bound

@@ -92,3 +92,36 @@ def test_cli_table(tmp_path) -> None:
     result = invoke(["saliency", "--n", "1", "--values", "grid:3", "--score", "logit", "-q"])
     assert result.exit_code == 0, result.stderr
     assert "single-pixel flip:" in result.stdout and "sensitivity" in result.stdout
+
+
+def test_memory_plan_bounds_the_chunk_and_the_batch() -> None:
+    """At 224x224x3 with 8 corner colours the chunk of perturbed inputs fits half the budget, is
+    whole pixels (a multiple of |V|), and the model batch is bounded too; --batch-size wins."""
+    from types import SimpleNamespace
+
+    from l0tre_saliency.command import memory_plan
+
+    model = SimpleNamespace(geometry=SimpleNamespace(n_pixels=224 * 224, n_channels=3), batch_size=256)
+    threat = ThreatModel()
+    plan = memory_plan(model, threat, 1024, None)
+    input_bytes = 224 * 224 * 3 * 4
+    assert plan["values_per_pixel"] == 8 and plan["chunk"] % 8 == 0
+    assert plan["chunk"] * input_bytes <= 512 * 2**20 < (plan["chunk"] + 8) * input_bytes
+    assert 1 <= plan["model_batch"] <= plan["chunk"] and plan["model_batch"] * input_bytes * 20 <= 512 * 2**20
+    small = memory_plan(model, threat, 16, None)
+    assert small["chunk"] == 8 and small["model_batch"] == 1  # never below one pixel's values
+    assert memory_plan(model, threat, 1024, 7)["model_batch"] == 7
+    mnist = SimpleNamespace(geometry=SimpleNamespace(n_pixels=784, n_channels=1), batch_size=256)
+    assert memory_plan(mnist, threat, 1024, None)["chunk"] == 4096  # small inputs keep the engine's chunk
+
+
+def test_cli_reports_memory_and_rates() -> None:
+    result = invoke(["saliency", "--n", "2", "--memory-mb", "64", "--format", "json", "-q"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["memory"]["budget_mb"] == 64 and report["memory"]["peak_rss_mb"] > 0
+    s = report["summary"]
+    assert s["evaluations"] == 2 * 784 * 2 and s["evaluations_per_second"] > 0
+    assert s["seconds"] >= max(r["seconds"] for r in report["samples"])  # the run, not its last input
+    bad = invoke(["saliency", "--n", "1", "--memory-mb", "8"])
+    assert bad.exit_code == 2 and "--memory-mb" in bad.stderr

@@ -34,7 +34,7 @@ from l0tre_design.compare import ModelBounds, certified_share, claims, global_gu
 from l0tre_design.figure import design_png
 
 PANEL = SEARCH_PANEL
-RANKING = "by global lower bound (proven), then global upper bound"
+RANKING = "by global lower bound (proven), then the share of inputs proven at each t (highest t first), then global upper bound"
 
 
 @common_options

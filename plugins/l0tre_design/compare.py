@@ -73,13 +73,45 @@ def lower_after(m: ModelBounds, levels: int) -> float:
     return sum(min(lo + levels, c) for lo, c in zip(m.lowers, cap)) / len(m.lowers)
 
 
+def lower_if_finished(m: ModelBounds) -> float:
+    """The best global lower bound the levels already searched (t <= max_t) could prove: an input
+    whose certificate stopped short (a time limit, the float32 band, an unknown) raised to
+    max_t + 1, never above its witness. What a longer ``--certify-time`` could at most give."""
+    cap = [math.inf if u is None else u for u in m.uppers]
+    return sum(min(max(lo, m.max_t + 1), c) for lo, c in zip(m.lowers, cap)) / len(m.lowers)
+
+
+def unfinished(m: ModelBounds) -> int:
+    """Inputs whose lower bound stopped below max_t + 1 without a witness that explains it."""
+    return sum(lo <= m.max_t and (u is None or u > lo) for lo, u in zip(m.lowers, m.uppers))
+
+
+def per_input_tally(a: ModelBounds, b: ModelBounds) -> tuple[int, int, int]:
+    """On how many inputs ``a`` is proven more robust than ``b`` (its lower bound above b's
+    witness), the reverse, and neither."""
+    wins_a = sum(ub is not None and la > ub for la, ub in zip(a.lowers, b.uppers))
+    wins_b = sum(ua is not None and lb > ua for lb, ua in zip(b.lowers, a.uppers))
+    return wins_a, wins_b, len(a.lowers) - wins_a - wins_b
+
+
 def deciding_budget(a: ModelBounds, b: ModelBounds) -> str:
-    """What could decide an overlapping pair, estimated from the per-input bounds: the fewest extra
-    levels (``--max-t``) after which one model's best possible lower bound would clear the other's
-    upper bound; else whether stronger attacks (a lower upper bound) could; else that these
-    inputs cannot separate the two. An estimate of what is possible, not a promise."""
+    """What could decide an overlapping pair, estimated from the per-input bounds, cheapest first:
+    a longer certificate time (the levels already searched, finished); else the fewest extra levels
+    (``--max-t``) after which one model's best possible lower bound would clear the other's upper
+    bound; else whether stronger attacks (a lower upper bound) could; else that these inputs cannot
+    separate the two. Then the per-input tally, which says whether more inputs could help. An
+    estimate of what is possible, not a promise."""
     if not a.lowers or not b.lowers or len(a.lowers) != len(b.lowers):
         return ""
+    return f"{_what_decides(a, b)}; {_tally_text(a, b)}"
+
+
+def _what_decides(a: ModelBounds, b: ModelBounds) -> str:
+    for win, lose in ((a, b), (b, a)):
+        if lose.upper is not None and unfinished(win) and lower_if_finished(win) > lose.upper:
+            return (f"{win.name} could be shown more robust with a longer certificate time (--certify-time, "
+                    f"--input-time-limit): {unfinished(win)} of its inputs stopped below t = {win.max_t + 1}; finished, "
+                    f"its lower bound can reach {lower_if_finished(win):.3f} > {lose.upper:.3f}")
     for levels in (1, 2, 3):
         for win, lose in ((a, b), (b, a)):
             if lose.upper is not None and lower_after(win, levels) > lose.upper:
@@ -94,6 +126,17 @@ def deciding_budget(a: ModelBounds, b: ModelBounds) -> str:
     return "these inputs cannot separate the two: their intervals overlap whatever the budget"
 
 
+def _tally_text(a: ModelBounds, b: ModelBounds) -> str:
+    wins_a, wins_b, neither = per_input_tally(a, b)
+    n = len(a.lowers)
+    text = f"per input, {a.name} is proven more robust on {wins_a} of {n}, {b.name} on {wins_b}, neither on {neither}"
+    if wins_a and wins_b:
+        return text + ": the models differ input by input, so more inputs would not decide the means"
+    if wins_a or wins_b:
+        return text + ": more inputs decide nothing by themselves (the bounds are means), tighter bounds on the undecided inputs would"
+    return text
+
+
 def certified_share(m: ModelBounds, levels: int) -> list[float]:
     """The share of inputs proven robust at each t = 1..levels (lower bound above t)."""
     n = len(m.lowers) or 1
@@ -101,9 +144,14 @@ def certified_share(m: ModelBounds, levels: int) -> list[float]:
 
 
 def rank(models: Iterable[ModelBounds]) -> list[ModelBounds]:
-    """Most robust first by the proven part, the global lower bound; ties by the upper bound (no
-    finite upper bound counts as highest). An order, not a claim: see :func:`compare`."""
-    return sorted(models, key=lambda m: (m.lower, math.inf if m.upper is None else m.upper), reverse=True)
+    """Most robust first by the proven part, the global lower bound; ties by the share of inputs
+    proven at the highest level, then the next lower level, ...; then by the upper bound (no finite
+    upper bound counts as highest). An order, not a claim: see :func:`compare`."""
+    def key(m: ModelBounds) -> tuple[float, tuple[float, ...], float]:
+        shares = tuple(reversed(certified_share(m, m.max_t))) if m.lowers else ()
+        return m.lower, shares, math.inf if m.upper is None else m.upper
+
+    return sorted(models, key=key, reverse=True)
 
 
 def claims(ranked: list[ModelBounds]) -> list[Verdict]:

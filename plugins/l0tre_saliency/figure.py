@@ -9,6 +9,7 @@ shares ONE colour scale (one labelled colour bar), so maps can be compared acros
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -80,5 +81,8 @@ def saliency_png(images: np.ndarray, maps: np.ndarray, titles: list[str], value_
     title = f"Single-pixel saliency (L0-TRE, t = 1) over the input: {what}"
     if scale == "per-panel":
         title += f"\ncolour = {label}"
+    # a narrow figure (one or two panels) wraps its title rather than cutting it off
+    width_in = fig.get_size_inches()[0]
+    title = "\n".join(textwrap.fill(line, width=max(28, int(width_in * 12))) for line in title.split("\n"))
     fig.suptitle(title, fontsize=11)
     return png(fig)

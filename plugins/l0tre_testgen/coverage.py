@@ -24,6 +24,7 @@ class CoverageProbe:
     input_name: str
     relu_outputs: list[str]
     fixed_batch: bool  # the graph declares batch 1: run one sample at a time
+    relu_inputs: tuple[str, ...] = ()  # the pre-activations (what coverage-guided generation steers)
 
     @classmethod
     def from_onnx(cls, model: Any, input_name: str) -> "CoverageProbe | None":
@@ -31,19 +32,24 @@ class CoverageProbe:
         import onnx
         import onnxruntime as ort
 
-        names = [node.output[0] for node in model.graph.node if node.op_type == "Relu" and node.domain in ("", "ai.onnx")]
+        relus = [node for node in model.graph.node if node.op_type == "Relu" and node.domain in ("", "ai.onnx")]
+        names = [node.output[0] for node in relus]
         if not names:
             return None
+        inputs = tuple(node.input[0] for node in relus)
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         existing = {o.name for o in probe.graph.output}
-        for name in names:
-            if name not in existing:
-                # element type only: onnxruntime fills in the shape
-                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        graph_inputs = {i.name for i in probe.graph.input}
+        for name in dict.fromkeys([*names, *inputs]):
+            if name in existing or name in graph_inputs:
+                continue
+            existing.add(name)
+            # element type only: onnxruntime fills in the shape
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         first = next(i for i in session.get_inputs() if i.name == input_name)
-        return cls(session, input_name, names, isinstance(first.shape[0], int))
+        return cls(session, input_name, names, isinstance(first.shape[0], int), inputs)
 
     def activated(self, batch: np.ndarray) -> np.ndarray:
         """Flat boolean mask over all ReLU neurons: activated (> 0) by at least one row of ``batch``."""
@@ -56,6 +62,23 @@ class CoverageProbe:
         if mask is None:  # no inputs: nothing covered, but the neurons still need counting
             raise ValueError("coverage needs at least one input")
         return mask
+
+
+    def pre_activations(self, batch: np.ndarray) -> np.ndarray:
+        """Every ReLU neuron's input (its pre-activation) for each row of ``batch``: ``[B, N]``
+        float32, neurons in graph order (a conv channel at one position is one neuron). The neuron
+        is active exactly when this is > 0, so NC at threshold 0 agrees with ``activated``."""
+        step = 1 if self.fixed_batch else BATCH
+        rows = []
+        for i in range(0, len(batch), step):
+            acts = self.session.run(list(self.relu_inputs), {self.input_name: np.ascontiguousarray(batch[i : i + step], np.float32)})
+            rows.append(np.concatenate([a.reshape(len(a), -1) for a in acts], axis=1))
+        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+    def layer_sizes(self, sample: np.ndarray) -> list[tuple[str, int]]:
+        """(tensor name, neurons) of every ReLU layer, for one model-layout sample ``[1, ...]``."""
+        acts = self.session.run(list(self.relu_inputs), {self.input_name: np.ascontiguousarray(sample, np.float32)})
+        return [(name, int(a[0].size)) for name, a in zip(self.relu_inputs, acts)]
 
 
 def coverage_report(clf: Any, clean: np.ndarray, generated: np.ndarray) -> dict[str, Any]:
