@@ -65,7 +65,7 @@ def main() -> None:
     print(f"{len(data)} inputs, max_t {args.max_t}, load average {os.getloadavg()[0]:.2f} before")
 
     started = time.monotonic()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
     print(f"Ray runtime start: {time.monotonic() - started:.2f} s (once per command; not in the rows below)")
 
     rows = []

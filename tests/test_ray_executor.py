@@ -33,7 +33,7 @@ def cluster(crash_plan: Path) -> Any:
     # the workers import the crash plugin from tests/, and only they see the plan
     env = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
            "L0TRE_TEST_CRASH_PLAN": str(crash_plan)}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20,
              runtime_env={"env_vars": env})
     yield
     ray.shutdown()
@@ -175,3 +175,16 @@ def test_a_local_run_stopped_midway_resumes_on_ray(cluster: Any, run_inputs: Any
                        executor=RayExecutor(workers=2), listeners=[steps])
     assert per_input(resumed) == per_input(local_result) and resumed.complete
     assert sorted(steps.finished) == list(range(3, N))  # the three saved inputs were not searched again
+
+
+def test_a_head_that_stops_answering_is_a_lost_cluster(cluster: Any) -> None:
+    """Ray ends a driver whose head is gone a minute later, before results are written: the
+    executor checks the head while it waits (a run whose head was killed mid-run ended with exit
+    code 4 and its partial results, by hand with `ray start --head`; here the check itself)."""
+    from l0tre_core import WorkersLost
+
+    executor = RayExecutor()
+    executor._check_head()  # the fixture's head answers
+    executor._head, executor._head_checked = "127.0.0.1:1", 0.0  # nothing listens there
+    with pytest.raises(WorkersLost, match="does not answer"):
+        executor._check_head()

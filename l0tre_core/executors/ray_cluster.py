@@ -28,6 +28,7 @@ from l0tre_core.executors import InputTask, InputWorker, WorkersLost
 
 WAIT_SECONDS = 1.0  # how often the driver looks up from waiting (Ctrl-C, dead actors)
 CONNECT_SECONDS = 5.0  # a cluster address that does not answer within this is unreachable
+HEAD_CHECK_SECONDS = 2.0  # how often a waiting driver checks that the cluster's head answers
 
 
 class InputActor:
@@ -84,6 +85,9 @@ class RayExecutor:
         self.running: dict[int, int] = {}  # key -> pid of the actor working on it
         self.pids: dict[int, Any] = {}  # pid -> actor, for the actors of the current pool
         self.pool_seconds = 0.0  # time spent starting actors and opening the task in them
+        self._head: str | None = None  # the GCS address, checked while waiting
+        self._head_checked = 0.0
+        self._head_lost = False  # then nothing more is asked of Ray: it would wait for the head
 
     # -- connection ----------------------------------------------------------------------------
     def __enter__(self) -> "RayExecutor":
@@ -91,11 +95,11 @@ class RayExecutor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.started_runtime:
-            import ray
+        import ray
 
+        if self.started_runtime and not self._head_lost:  # (a dead head cannot be shut down)
             ray.shutdown()
-            self.started_runtime = False
+        self.started_runtime = False
 
     def connect(self) -> None:
         """Join ``address`` (or start a local runtime); reuse a connection made before."""
@@ -110,13 +114,33 @@ class RayExecutor:
         if self.address not in (None, "auto"):
             _check_reachable(self.address)  # Ray itself retries an unreachable address for minutes
         try:
-            ray.init(address=self.address, **options)
+            # None means a runtime of our own, even where this machine runs a cluster ("local")
+            ray.init(address=self.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "a local Ray runtime" if self.address is None else f"the Ray cluster at {self.address!r}"
             raise EnvironmentProblem(f"cannot start or join {where}: {_first_line(exc)}", field="ray_address",
                                      hint="is the cluster up (`ray status`)? without one, drop `ray_address`") from None
         self.started_runtime = self.address is None
         _messages_to_stderr()
+
+    def _check_head(self) -> None:
+        """``WorkersLost`` when the cluster's head (its GCS) no longer answers. Ray itself would end
+        this process a minute later, before any result is written; finding out first lets the run
+        write what it has and exit with code 4."""
+        import ray
+
+        if self._head is None:
+            self._head = ray.get_runtime_context().gcs_address
+        if time.monotonic() - self._head_checked < HEAD_CHECK_SECONDS:
+            return
+        self._head_checked = time.monotonic()
+        try:
+            host, _, port = self._head.rpartition(":")
+            socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+        except (OSError, ValueError) as exc:
+            self._head_lost = True
+            raise WorkersLost(f"lost the Ray cluster: its head at {self._head} does not answer "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
 
     # -- the pool ------------------------------------------------------------------------------
     def _slots(self) -> tuple[int, dict[str, Any]]:
@@ -187,6 +211,7 @@ class RayExecutor:
                     if not todo:
                         return
                     if not actors:  # every actor died with work left: start afresh, or give up
+                        self._check_head()
                         if restarts <= 0:
                             raise WorkersLost(f"every Ray worker died; {len(todo)} input(s) left unfinished")
                         restarts -= 1
@@ -198,6 +223,8 @@ class RayExecutor:
                     ready, _ = ray.wait(list(flying), num_returns=1, timeout=WAIT_SECONDS)
                 except RayError as exc:
                     raise WorkersLost(f"lost the Ray cluster: {_first_line(exc)}") from None
+                if not ready:
+                    self._check_head()
                 for gen in ready:
                     actor, key = flying[gen]
                     try:
@@ -224,7 +251,8 @@ class RayExecutor:
                         idle = [a for a in idle if a is not actor]
                         todo.appendleft(key)
         finally:
-            _kill(actors)  # Ctrl-C, an error or the end: stop whatever still runs
+            if not self._head_lost:
+                _kill(actors)  # Ctrl-C, an error or the end: stop whatever still runs
             self.running.clear()
 
 
