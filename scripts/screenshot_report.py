@@ -33,7 +33,7 @@ def screenshot(html: Path, png: Path, width: int, height: int, timeout: float = 
             find_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png.resolve()}",
-            f"--window-size={width},{height}", "--virtual-time-budget=5000", html.resolve().as_uri(),
+            f"--window-size={width},{height}", html.resolve().as_uri(),
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or not png.is_file():
