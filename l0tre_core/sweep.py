@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.witness import Witness, flips, score
+from l0tre_core.witness import Witness, flips, score, score_and_flips
 from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
 from l0tre_core.threat import ThreatModel
 
@@ -122,8 +122,7 @@ class SearchContext:
         built, run and reduced on the device and only the ``[B]`` results reach the host;
         otherwise the outputs come back (``run_changes``) and are reduced here. Same results."""
         if not (getattr(self.kernels, "device_outputs", False) and self.classifier.binds_outputs):
-            out = self.run_changes(units, values)
-            return self.score(out), flips(out, self.ref)
+            return self.reduce_outputs(self.run_changes(units, values))
         pos, val = self.encoder.encode(units, values)
         n = len(pos)
         scores, flipped = np.empty(n, np.float64), np.empty(n, bool)
@@ -135,6 +134,10 @@ class SearchContext:
             scores[start:stop], flipped[start:stop] = self.kernels.reduce(out, self.ref, self.threat.score, self.probs)
             start = stop
         return scores, flipped
+
+    def reduce_outputs(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and flip flags of host outputs (``score_and_flips``: one pass)."""
+        return score_and_flips(out, self.ref, self.threat.score, self.probs)
 
     def _perturb(self, pos: np.ndarray, val: np.ndarray) -> Any:
         """One model call's batch in the reused buffer (on the kernels' device)."""

@@ -125,10 +125,9 @@ class NumpyKernels:
         """Per-row score (``witness.score``) and flip flags (``witness.flips``) of model outputs
         on this kernel's device, as host arrays: a device kernel reduces ``[B, K]`` to ``[B]`` there
         and copies only that back."""
-        from l0tre_core.witness import flips, score
+        from l0tre_core.witness import score_and_flips
 
-        out = np.asarray(outputs)
-        return score(out, ref, kind, probs), flips(out, ref)
+        return score_and_flips(np.asarray(outputs), ref, kind, probs)
 
     def perturb(self, base: Any, positions: np.ndarray, values: np.ndarray, out: Any = None, dirty: Any = None) -> Any:
         """``out[b] = base`` then ``out[b, positions[b, j]] = values[b, j]``.

@@ -21,6 +21,23 @@ def score(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = Fal
     return (s[:, ref] - other).astype(np.float64)
 
 
+def score_and_flips(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``score(outputs, ...)`` and ``flips(outputs, ref)`` at once, from one max over the other
+    classes (the search's hot path: one pass over the outputs instead of four). Exactly the same
+    results: argmax takes the first of tied maxima, so a row flips when another class beats the
+    reference, or ties it from an earlier column; rows with NaN or infinite scores never flip."""
+    out = np.asarray(outputs)
+    others = out.copy()
+    others[:, ref] = -np.inf
+    best_other = others.max(axis=1)
+    ref_col = out[:, ref]
+    flipped = (best_other > ref_col) | ((out[:, :ref] == ref_col[:, None]).any(axis=1))
+    flipped &= np.isfinite(out).all(axis=1)
+    if probs or kind == "logit":
+        return score(out, ref, kind, probs), flipped
+    return (ref_col - best_other).astype(np.float64), flipped
+
+
 def flips(outputs: np.ndarray, ref: int) -> np.ndarray:
     """Rows whose top-1 class differs from ``ref``.
 

@@ -73,3 +73,20 @@ def test_the_search_gives_the_same_sweep_whatever_the_batch_size() -> None:
         results.append((sens.complete, sens.flip is None, sens.subsets[:20].tolist(), sens.evaluated))
         assert clf.evaluations == sens.evaluated + 2  # the prediction, the clean score, the sweep
     assert results[0] == results[1] == results[2]
+
+
+def test_the_one_pass_reduction_equals_score_and_flips() -> None:
+    from l0tre_core.witness import flips, score, score_and_flips
+
+    rng = np.random.default_rng(4)
+    out = rng.normal(size=(400, 6)).astype(np.float32)
+    out[::7] = np.round(out[::7])  # many ties, before and after the reference column
+    out[3, 1] = np.nan
+    out[5, 4] = np.inf
+    out[9] = 0.0  # a tie everywhere
+    for ref in range(6):
+        for kind, probs in (("margin", False), ("logit", False), ("margin", True)):
+            data = np.abs(out) if probs else out
+            s, f = score_and_flips(data, ref, kind, probs)
+            np.testing.assert_array_equal(f, flips(data, ref))
+            np.testing.assert_array_equal(s, score(data, ref, kind, probs))
