@@ -252,6 +252,7 @@ class SearchContext:
         keep_sub = np.zeros((0, t), np.int64)
         keep_val = np.zeros((0, t, self.encoder.channels), np.float32)
         keep_min = np.zeros(0, np.float64)
+        cut = np.inf
         evaluated = 0
         for r0 in range(0, total, step):
             r1 = min(total, r0 + step)
@@ -267,11 +268,16 @@ class SearchContext:
                 return Sensitivity(t, False, w, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
             s = scores.reshape(m, per_subset)
             arg = s.argmin(axis=1)
-            keep_sub = np.concatenate([keep_sub, subsets])
-            keep_val = np.concatenate([keep_val, assign_values[arg]])
-            keep_min = np.concatenate([keep_min, s[np.arange(m), arg]])
+            mins = s[np.arange(m), arg]
+            sel = slice(None) if cut == np.inf else np.flatnonzero(mins <= cut)
+            keep_sub = np.concatenate([keep_sub, subsets[sel]])
+            keep_val = np.concatenate([keep_val, assign_values[arg[sel]]])
+            keep_min = np.concatenate([keep_min, mins[sel]])
             if len(keep_min) > 2 * top_k:
                 keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)
+                # the top k's largest score: a subset scoring above it can never enter the top k,
+                # so later chunks drop those at once instead of partitioning them again
+                cut = float(keep_min.max())
             if deadline is not None and time.monotonic() > deadline and r1 < total:
                 return Sensitivity(t, False, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
         keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)

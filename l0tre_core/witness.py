@@ -22,20 +22,30 @@ def score(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = Fal
 
 
 def score_and_flips(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``score(outputs, ...)`` and ``flips(outputs, ref)`` at once, from one max over the other
-    classes (the search's hot path: one pass over the outputs instead of four). Exactly the same
-    results: argmax takes the first of tied maxima, so a row flips when another class beats the
-    reference, or ties it from an earlier column; rows with NaN or infinite scores never flip."""
+    """``score(outputs, ...)`` and ``flips(outputs, ref)`` at once: the search's hot path.
+
+    Exactly the same results, computed column by column: NumPy reduces a ``[B, K]`` array along its
+    short axis (K = 10) more than ten times slower than it takes elementwise maxima of K columns.
+    argmax takes the first of tied maxima, so a row flips when another class beats the reference,
+    or ties it from an earlier column; rows with NaN or infinite scores never flip."""
     out = np.asarray(outputs)
-    others = out.copy()
-    others[:, ref] = -np.inf
-    best_other = others.max(axis=1)
+    n, k = out.shape
+    if probs or kind == "logit" or k > 64:  # rarer paths, or many classes: the plain reductions
+        return score(out, ref, kind, probs), flips(out, ref)
     ref_col = out[:, ref]
-    flipped = (best_other > ref_col) | ((out[:, :ref] == ref_col[:, None]).any(axis=1))
-    flipped &= np.isfinite(out).all(axis=1)
-    if probs or kind == "logit":
-        return score(out, ref, kind, probs), flipped
-    return (ref_col - best_other).astype(np.float64), flipped
+    best = np.full(n, -np.inf, out.dtype)
+    tie_before = np.zeros(n, bool)
+    finite = np.isfinite(ref_col)
+    for j in range(k):
+        if j == ref:
+            continue
+        col = out[:, j]
+        np.maximum(best, col, out=best)  # NaN propagates, as in max()
+        finite &= np.isfinite(col)
+        if j < ref:
+            tie_before |= col == ref_col
+    flipped = ((best > ref_col) | tie_before) & finite
+    return (ref_col - best).astype(np.float64), flipped
 
 
 def flips(outputs: np.ndarray, ref: int) -> np.ndarray:
