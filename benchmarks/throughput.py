@@ -6,9 +6,10 @@ scores), with the batch size chosen by the search itself (``l0tre_core.batching`
 ``session.run`` of the same session (so the same session options) on the same perturbed inputs
 built beforehand, in the raw side's own best batch size (the fastest of CANDIDATES, measured first
 by each size's fastest pass). Search steps (t = 1: a whole sweep of one input; t = 2: one chunk of 4,096) alternate
-with raw blocks of the same number of evaluations, so load changes hit both alike. Two ratios: of
-the summed wall times, and of the fastest step of each side (the figure least disturbed by other
-processes on a shared machine: they can only add time).
+with raw blocks of the same number of evaluations, so load changes hit both alike. Three ratios:
+of the summed wall times; of the fastest step of each side (other processes on a shared machine
+can only add time); and of the CPU time the process used on each side, all threads counted
+(descheduling by other processes does not count there, onnxruntime's spinning threads do).
 
     python benchmarks/throughput.py [--models demo,mlp] [--steps 200]
 
@@ -115,14 +116,20 @@ def main() -> None:
             print(f"  t={t}: raw best batch {best} (raw evals/s of the fastest pass over the step's inputs, by batch: "
                   f"{', '.join(f'{b}: {r:,.0f}' for b, r in rates.items())})")
             s_time, r_time, s_min, r_min, total = 0.0, 0.0, math.inf, math.inf, 0
+            s_cpu, r_cpu = 0.0, 0.0
             for step in range(args.steps):
+                c0 = time.process_time()
                 n, s_sec = search_step(clf, inputs, t, step)
+                c1 = time.process_time()
                 r_sec = raw_block(clf, pools[step % len(pools)], best, n)
+                c2 = time.process_time()
                 s_time, r_time, total = s_time + s_sec, r_time + r_sec, total + n
+                s_cpu, r_cpu = s_cpu + c1 - c0, r_cpu + c2 - c1
                 s_min, r_min = min(s_min, s_sec / n), min(r_min, r_sec / n)
             print(f"  t={t}: {args.steps} steps of {n} evaluations; wall: search {total / s_time:,.0f} evals/s, "
                   f"raw onnxruntime {total / r_time:,.0f} evals/s, ratio {r_time / s_time:.3f}; "
-                  f"fastest step: search {1 / s_min:,.0f}, raw {1 / r_min:,.0f}, ratio {r_min / s_min:.3f}")
+                  f"fastest step: search {1 / s_min:,.0f}, raw {1 / r_min:,.0f}, ratio {r_min / s_min:.3f}; "
+                  f"CPU time (all threads): ratio {r_cpu / s_cpu:.3f}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,12 @@ class InferenceBackend(Protocol):
 
 @runtime_checkable
 class ArrayKernels(Protocol):
-    """Builds perturbation tensors on one kind of device."""
+    """Builds perturbation tensors on one kind of device.
+
+    Optional: ``device_outputs = True`` with a ``reduce(outputs, ref, kind, probs)`` method (as
+    ``l0tre_cupy.CupyKernels``) asks the search to leave model outputs on the device, through a
+    runtime's optional ``run_bound(batch)`` (IOBinding), and to reduce them there to host
+    ``(scores, flipped)`` arrays of one entry per row."""
 
     name: str
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.witness import Witness, flips, score
+from l0tre_core.witness import Witness, flips, score, score_and_flips
 from l0tre_core.tensors import Encoder, assignment_digits, binomial_table, unrank_subsets
 from l0tre_core.threat import ThreatModel
 
@@ -122,8 +122,7 @@ class SearchContext:
         built, run and reduced on the device and only the ``[B]`` results reach the host;
         otherwise the outputs come back (``run_changes``) and are reduced here. Same results."""
         if not (getattr(self.kernels, "device_outputs", False) and self.classifier.binds_outputs):
-            out = self.run_changes(units, values)
-            return self.score(out), flips(out, self.ref)
+            return self.reduce_outputs(self.run_changes(units, values))
         pos, val = self.encoder.encode(units, values)
         n = len(pos)
         scores, flipped = np.empty(n, np.float64), np.empty(n, bool)
@@ -135,6 +134,10 @@ class SearchContext:
             scores[start:stop], flipped[start:stop] = self.kernels.reduce(out, self.ref, self.threat.score, self.probs)
             start = stop
         return scores, flipped
+
+    def reduce_outputs(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and flip flags of host outputs (``score_and_flips``: one pass)."""
+        return score_and_flips(out, self.ref, self.threat.score, self.probs)
 
     def _perturb(self, pos: np.ndarray, val: np.ndarray) -> Any:
         """One model call's batch in the reused buffer (on the kernels' device)."""
@@ -249,6 +252,7 @@ class SearchContext:
         keep_sub = np.zeros((0, t), np.int64)
         keep_val = np.zeros((0, t, self.encoder.channels), np.float32)
         keep_min = np.zeros(0, np.float64)
+        cut = np.inf
         evaluated = 0
         for r0 in range(0, total, step):
             r1 = min(total, r0 + step)
@@ -264,11 +268,16 @@ class SearchContext:
                 return Sensitivity(t, False, w, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
             s = scores.reshape(m, per_subset)
             arg = s.argmin(axis=1)
-            keep_sub = np.concatenate([keep_sub, subsets])
-            keep_val = np.concatenate([keep_val, assign_values[arg]])
-            keep_min = np.concatenate([keep_min, s[np.arange(m), arg]])
+            mins = s[np.arange(m), arg]
+            sel = slice(None) if cut == np.inf else np.flatnonzero(mins <= cut)
+            keep_sub = np.concatenate([keep_sub, subsets[sel]])
+            keep_val = np.concatenate([keep_val, assign_values[arg[sel]]])
+            keep_min = np.concatenate([keep_min, mins[sel]])
             if len(keep_min) > 2 * top_k:
                 keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)
+                # the top k's largest score: a subset scoring above it can never enter the top k,
+                # so later chunks drop those at once instead of partitioning them again
+                cut = float(keep_min.max())
             if deadline is not None and time.monotonic() > deadline and r1 < total:
                 return Sensitivity(t, False, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
         keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)

@@ -82,8 +82,19 @@ class Encoder:
         data-space ``values [B, t, Cu]``."""
         b = units.shape[0]
         pos = self.positions[units].reshape(b, -1)
+        if self.identity:  # no normalisation: data values are model values (the common case)
+            return pos, np.asarray(values, np.float32).reshape(b, -1)
         val = ((np.asarray(values, np.float32) - self.mean[units]) / self.std[units]).reshape(b, -1)
         return pos, val
+
+    @property
+    def identity(self) -> bool:
+        """Whether model values equal data values (mean 0, std 1 everywhere)."""
+        cached = self.__dict__.get("_identity")
+        if cached is None:
+            cached = bool(np.all(self.mean == 0) and np.all(self.std == 1))
+            object.__setattr__(self, "_identity", cached)
+        return cached
 
 
 def make_encoder(geometry: Any, mean: np.ndarray, std: np.ndarray, unit: str) -> Encoder:
@@ -125,10 +136,9 @@ class NumpyKernels:
         """Per-row score (``witness.score``) and flip flags (``witness.flips``) of model outputs
         on this kernel's device, as host arrays: a device kernel reduces ``[B, K]`` to ``[B]`` there
         and copies only that back."""
-        from l0tre_core.witness import flips, score
+        from l0tre_core.witness import score_and_flips
 
-        out = np.asarray(outputs)
-        return score(out, ref, kind, probs), flips(out, ref)
+        return score_and_flips(np.asarray(outputs), ref, kind, probs)
 
     def perturb(self, base: Any, positions: np.ndarray, values: np.ndarray, out: Any = None, dirty: Any = None) -> Any:
         """``out[b] = base`` then ``out[b, positions[b, j]] = values[b, j]``.
@@ -155,7 +165,14 @@ def _scatter_rows(out: np.ndarray, positions: np.ndarray, values: np.ndarray) ->
     if not out.flags.c_contiguous:  # reshape would copy: write through the 2-D view instead
         np.put_along_axis(out[: positions.shape[0]], positions, values, axis=1)
         return
-    rows, width = positions.shape[0], out.shape[1]
     flat = out.reshape(-1)
-    idx = positions + (np.arange(rows, dtype=np.int64) * width)[:, None]
-    flat[idx] = values
+    flat[positions + _row_offsets(positions.shape[0], out.shape[1])] = values
+
+
+@lru_cache(maxsize=64)
+def _row_offsets(rows: int, width: int) -> np.ndarray:
+    """``[rows, 1]`` flat offsets of each row's start (cached: made fresh on every call, they cost
+    several times the scatter itself)."""
+    off = (np.arange(rows, dtype=np.int64) * width)[:, None]
+    off.setflags(write=False)
+    return off

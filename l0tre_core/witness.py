@@ -21,6 +21,33 @@ def score(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = Fal
     return (s[:, ref] - other).astype(np.float64)
 
 
+def score_and_flips(outputs: np.ndarray, ref: int, kind: str = "margin", probs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``score(outputs, ...)`` and ``flips(outputs, ref)`` at once: the search's hot path.
+
+    Exactly the same results, computed column by column: NumPy reduces a ``[B, K]`` array along its
+    short axis (K = 10) more than ten times slower than it takes elementwise maxima of K columns.
+    argmax takes the first of tied maxima, so a row flips when another class beats the reference,
+    or ties it from an earlier column; rows with NaN or infinite scores never flip."""
+    out = np.asarray(outputs)
+    n, k = out.shape
+    if probs or kind == "logit" or k > 64:  # rarer paths, or many classes: the plain reductions
+        return score(out, ref, kind, probs), flips(out, ref)
+    ref_col = out[:, ref]
+    best = np.full(n, -np.inf, out.dtype)
+    tie_before = np.zeros(n, bool)
+    finite = np.isfinite(ref_col)
+    for j in range(k):
+        if j == ref:
+            continue
+        col = out[:, j]
+        np.maximum(best, col, out=best)  # NaN propagates, as in max()
+        finite &= np.isfinite(col)
+        if j < ref:
+            tie_before |= col == ref_col
+    flipped = ((best > ref_col) | tie_before) & finite
+    return (ref_col - best).astype(np.float64), flipped
+
+
 def flips(outputs: np.ndarray, ref: int) -> np.ndarray:
     """Rows whose top-1 class differs from ``ref``.
 

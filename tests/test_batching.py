@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from l0tre_core.batching import STUCK_CALLS, BatchTuner
 
@@ -73,3 +74,56 @@ def test_the_search_gives_the_same_sweep_whatever_the_batch_size() -> None:
         results.append((sens.complete, sens.flip is None, sens.subsets[:20].tolist(), sens.evaluated))
         assert clf.evaluations == sens.evaluated + 2  # the prediction, the clean score, the sweep
     assert results[0] == results[1] == results[2]
+
+
+def test_the_one_pass_reduction_equals_score_and_flips() -> None:
+    from l0tre_core.witness import flips, score, score_and_flips
+
+    rng = np.random.default_rng(4)
+    out = rng.normal(size=(400, 6)).astype(np.float32)
+    out[::7] = np.round(out[::7])  # many ties, before and after the reference column
+    out[3, 1] = np.nan
+    out[5, 4] = np.inf
+    out[9] = 0.0  # a tie everywhere
+    for ref in range(6):
+        for kind, probs in (("margin", False), ("logit", False), ("margin", True)):
+            data = np.abs(out) if probs else out
+            s, f = score_and_flips(data, ref, kind, probs)
+            np.testing.assert_array_equal(f, flips(data, ref))
+            np.testing.assert_array_equal(s, score(data, ref, kind, probs))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3, 4])
+def test_the_sweeps_top_k_is_the_k_most_sensitive_subsets(seed: int) -> None:
+    # chunks of 4 subsets and a top 10: the running cut drops subsets as the sweep goes; the kept
+    # ones must still be exactly the 10 lowest minimum scores of all C(25, 2) subsets
+    import itertools
+
+    from numpy_models import random_classifier
+
+    from l0tre_core.sweep import SearchContext
+    from l0tre_core.tensors import NumpyKernels
+    from l0tre_core.threat import ThreatModel
+
+    clf = random_classifier(seed, h=5, w=5, scale=0.1)  # seeds 0, 1, 3, 4: no pair flips them
+    x = np.random.default_rng(seed).random((25, 1), dtype=np.float32)
+    ref = int(clf.predict(x[None])[0])
+    ctx = SearchContext(clf, NumpyKernels(), ThreatModel(), x, ref, 16)
+    sens = ctx._sweep(2, None, 10)
+    if sens.flip is not None:
+        pytest.skip("a pair flips this one: the sweep stops early")
+    pairs = np.array(list(itertools.combinations(range(25), 2)))
+    best = []
+    for a in ([0.0], [1.0]):
+        for b in ([0.0], [1.0]):
+            vals = np.broadcast_to(np.array([a, b], np.float32), (len(pairs), 2, 1))
+            best.append(ctx.score(clf.outputs(np.stack([_apply(x, p, v) for p, v in zip(pairs, vals)]))))
+    mins = np.min(best, axis=0)
+    want = np.sort(ctx.clean_score - np.sort(mins)[:10])[::-1]
+    np.testing.assert_allclose(np.sort(sens.sensitivity)[::-1], want, rtol=0, atol=1e-9)
+
+
+def _apply(x: np.ndarray, units: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    out[units] = values
+    return out
