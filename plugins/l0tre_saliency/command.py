@@ -5,6 +5,7 @@ sample per input with its top pixels)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import resource
 import sys
@@ -20,6 +21,7 @@ from typing_extensions import Annotated
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
 from l0tre_core import (
     CHUNK,
+    ClassifierRecipe,
     SearchContext,
     ThreatModel,
     UsageError,
@@ -31,6 +33,7 @@ from l0tre_core import (
 )
 from l0tre_saliency.figure import SCALES, saliency_png
 from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
+from l0tre_saliency.task import SaliencyTask, SaliencyWorker
 
 PANEL = "Saliency"
 
@@ -56,6 +59,7 @@ def saliency(
         raise UsageError(f"--memory-mb must be at least 16, got {memory_mb}")
     if scale not in SCALES:
         raise UsageError(f"--scale must be shared or per-panel, got {scale!r}", field="scale")
+    executor = common.open_executor()  # a missing Ray is an environment error before any work
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit="pixel", values=values, score=score)
     data = common.load_data(model)
@@ -63,18 +67,22 @@ def saliency(
     host = common.host
     kernels = pick_kernels(host, common.device)
     plan = memory_plan(model, threat, memory_mb, common.batch_size)
-    model.batch_size = plan["model_batch"]
+    # the plan's batch size, fixed (no tuning above it); a worker's copy of the model inherits it
+    model = dataclasses.replace(model, batch_size=plan["model_batch"])
+    recipe = ClassifierRecipe.of(model, host, common.device) if executor.name != "local" else None
     refs = model.predict(data.x)
     shape = image_shape(model.geometry)
-    maps: list[SaliencyMap] = []
-    records: list[dict[str, Any]] = []
+    task = SaliencyTask(recipe, threat, data, refs, shape, top, plan["chunk"], common.device)
+    found: dict[int, tuple[SaliencyMap, dict[str, Any]]] = {}
     started = time.monotonic()
-    with InputProgress("saliency", len(data), quiet=common.quiet) as steps:
-        for pos in range(len(data)):
-            smap, record = saliency_record(model, kernels, threat, data, refs, pos, shape, top, plan["chunk"])
-            maps.append(smap)
-            records.append(record)
-            steps.update(steps.done + 1)
+    with executor, InputProgress("saliency", len(data), quiet=common.quiet) as steps:
+        # maps come back as inputs finish, anywhere; they are kept in input order below
+        for pos, done in executor.map(task if recipe is not None else None, range(len(data)), lambda pos: pos,
+                                      lambda pos, event: None, local=SaliencyWorker(model, kernels, task)):
+            found[pos] = done
+            steps.update(len(found))
+    maps = [found[pos][0] for pos in range(len(data))]
+    records = [found[pos][1] for pos in range(len(data))]
     seconds = time.monotonic() - started
     evaluations = sum(r["evaluations"] for r in records)
     report = checked_result(result_document(
@@ -119,7 +127,8 @@ def memory_plan(model: Any, threat: ThreatModel, memory_mb: int, batch_size: int
     nv = len(threat.value_set(model.geometry.n_channels))
     half = memory_mb * 2**20 // 2
     chunk = max(nv, min(CHUNK, half // input_bytes) // nv * nv)
-    batch = batch_size or max(1, min(model.batch_size, half // (input_bytes * ACTIVATION_FACTOR), chunk))
+    largest = model.batch_size or chunk  # a model loaded without a batch size: the chunk bounds it
+    batch = batch_size or max(1, min(largest, half // (input_bytes * ACTIVATION_FACTOR), chunk))
     return {"budget_mb": memory_mb, "chunk": int(chunk), "chunk_mb": round(chunk * input_bytes / 2**20, 1),
             "model_batch": int(batch), "values_per_pixel": nv}
 
