@@ -110,3 +110,60 @@ def test_testgen_merge_does_not_depend_on_the_order_inputs_finish() -> None:
         kept, left_out = merge_in_order({k: records[k] for k in order}, covered)
         assert [(pos, t.new.tolist()) for pos, t in kept] == [(0, [1]), (0, [2]), (2, [3])]
         assert left_out == 1  # input 1's test covers only what input 0's did
+
+
+def test_saliency_writes_the_maps_finished_when_the_cluster_is_lost(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """An executor that loses every worker after two inputs (as Ray's does when the cluster goes):
+    the two maps are written, the run says so in one line and exits with code 4."""
+    from l0tre_core import WorkersLost
+    from l0tre_core.executors.local import LocalExecutor
+
+    plain = LocalExecutor.map
+
+    def dies_after_two(self: LocalExecutor, *args: Any, **kwargs: Any) -> Any:
+        for done, pair in enumerate(plain(self, *args, **kwargs), 1):
+            yield pair
+            if done == 2:
+                raise WorkersLost("every Ray worker died; 2 input(s) left unfinished")
+
+    monkeypatch.setattr(LocalExecutor, "map", dies_after_two)
+    res = invoke(["saliency", "--n", 4, "--out", tmp_path, "-q"])
+    assert res.exit_code == 4
+    assert "every Ray worker died" in res.stderr and "2 of 4 maps finished" in res.stderr
+    assert "Traceback" not in res.stderr
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["complete"] is False and len(report["samples"]) == 2
+    with np.load(tmp_path / "saliency.npz") as f:
+        assert f["index"].tolist() == [s["index"] for s in report["samples"]] and f["maps"].shape[0] == 2
+
+
+@pytest.mark.parametrize("survivors", [2, 5])  # lost during the adversarial cases, or during the guided tests
+def test_testgen_writes_the_tests_finished_when_the_cluster_is_lost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                    survivors: int) -> None:
+    from l0tre_core import WorkersLost
+    from l0tre_core.executors.local import LocalExecutor
+
+    plain = LocalExecutor.map
+    handed: list[int] = []
+
+    def dies(self: LocalExecutor, *args: Any, **kwargs: Any) -> Any:
+        for key, result in plain(self, *args, **kwargs):
+            handed.append(key)
+            yield key, result
+            if len(handed) == survivors:
+                raise WorkersLost("every Ray worker died")
+
+    monkeypatch.setattr(LocalExecutor, "map", dies)
+    res = invoke(["testgen", "--n", 4, "--per-input", 1, "--max-t", 1, "--max-l0", 8, "--out", tmp_path, "-q"])
+    assert res.exit_code == 4 and "every Ray worker died" in res.stderr and "Traceback" not in res.stderr
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["complete"] is False
+    with np.load(tmp_path / "tests.npz") as f:
+        kinds, index = f["kind"].tolist(), f["index"].tolist()
+    if survivors == 2:  # two inputs' adversarial cases; no guided tests
+        assert len(report["samples"]) == 2 and "coverage" not in report and set(kinds) == {"adversarial"}
+    else:  # every input's cases, the first input's guided tests
+        first = report["samples"][0]["index"]
+        assert len(report["samples"]) == 4 and report["coverage"]["available"]
+        assert {i for i, k in zip(index, kinds) if k == "coverage"} == {first}

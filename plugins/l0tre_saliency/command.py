@@ -25,6 +25,7 @@ from l0tre_core import (
     SearchContext,
     ThreatModel,
     UsageError,
+    WorkersLost,
     atomic_write,
     checked_result,
     pick_kernels,
@@ -74,15 +75,20 @@ def saliency(
     shape = image_shape(model.geometry)
     task = SaliencyTask(recipe, threat, data, refs, shape, top, plan["chunk"], common.device)
     found: dict[int, tuple[SaliencyMap, dict[str, Any]]] = {}
+    lost: WorkersLost | None = None
     started = time.monotonic()
     with executor, InputProgress("saliency", len(data), quiet=common.quiet) as steps:
-        # maps come back as inputs finish, anywhere; they are kept in input order below
-        for pos, done in executor.map(task if recipe is not None else None, range(len(data)), lambda pos: pos,
-                                      lambda pos, event: None, local=SaliencyWorker(model, kernels, task)):
-            found[pos] = done
-            steps.update(len(found))
-    maps = [found[pos][0] for pos in range(len(data))]
-    records = [found[pos][1] for pos in range(len(data))]
+        try:
+            # maps come back as inputs finish, anywhere; they are kept in input order below
+            for pos, done in executor.map(task if recipe is not None else None, range(len(data)), lambda pos: pos,
+                                          lambda pos, event: None, local=SaliencyWorker(model, kernels, task)):
+                found[pos] = done
+                steps.update(len(found))
+        except WorkersLost as exc:  # the cluster is gone: the maps finished are written, then exit code 4
+            lost = exc
+    positions = sorted(found)  # every input, unless the cluster was lost
+    maps = [found[pos][0] for pos in positions]
+    records = [found[pos][1] for pos in positions]
     seconds = time.monotonic() - started
     evaluations = sum(r["evaluations"] for r in records)
     report = checked_result(result_document(
@@ -104,16 +110,21 @@ def saliency(
             "peak_rss_mb": peak_rss_mb(),
         },
         samples=records,
+        **({} if lost is None else {"complete": False}),
     ))
     if common.format == "json":
         console.print_json(report)
     else:
         _print_tables(records, threat.score)
     if out is not None:
-        _write_files(out, data, refs, maps, shape, model.card.range, records, scale=scale, score=threat.score)
+        if maps:
+            _write_files(out, data, refs, positions, maps, shape, model.card.range, records, scale=scale,
+                         score=threat.score)
         write_result_json(out, report)
         if not common.quiet:
             console.err.print(f"saliency maps written to {out}")
+    if lost is not None:
+        raise WorkersLost(f"{lost}; the {len(maps)} of {len(data)} maps finished are in the results")
 
 
 ACTIVATION_FACTOR = 20  # model memory per input in a batch, in input sizes (measured: MobileNetV2 at 224, about 13 MB per 0.6 MB input)
@@ -182,16 +193,17 @@ def _print_tables(records: list[dict[str, Any]], score: str) -> None:
         console.out.print(f"single-pixel flip: {flip}; {r['evaluations']:,} evaluations, {r['seconds']:.2f}s\n")
 
 
-def _write_files(out: Path, data: Any, refs: np.ndarray, maps: list[SaliencyMap], shape: tuple[int, int],
+def _write_files(out: Path, data: Any, refs: np.ndarray, positions: list[int], maps: list[SaliencyMap], shape: tuple[int, int],
                  value_range: tuple[float, float], records: list[dict[str, Any]], *, scale: str = "shared",
                  score: str = "margin") -> None:
     h, w = shape
     stacked = np.stack([m.sensitivity.reshape(h, w) for m in maps]).astype(np.float32)
     flips = np.stack([m.flips.reshape(h, w) for m in maps])
     buf = io.BytesIO()
-    np.savez_compressed(buf, index=data.index.astype(np.int64), maps=stacked, flips=flips, reference=refs.astype(np.int64))
+    np.savez_compressed(buf, index=data.index[positions].astype(np.int64), maps=stacked, flips=flips,
+                        reference=refs[positions].astype(np.int64))
     atomic_write(out / "saliency.npz", lambda fh: fh.write(buf.getvalue()), binary=True)
-    images = data.x.reshape(len(data), h, w, -1)
+    images = data.x[positions].reshape(len(positions), h, w, -1)
     titles = [f"#{r['index']}  label {'-' if r['label'] is None else r['label']}  pred {r['reference']}"
               + ("\n1 pixel alone flips it" if r["single_pixel_flip"] else "") for r in records]
     png = saliency_png(images, stacked, titles, value_range, scale=scale, score=score)

@@ -38,6 +38,7 @@ from l0tre_core import (
     ClassifierRecipe,
     ThreatModel,
     UsageError,
+    WorkersLost,
     atomic_write,
     checked_result,
     load_data,
@@ -108,20 +109,25 @@ def testgen(
     with executor:
         task = CasesTask(recipe, threat, data.x, refs, max_t, per_input, budget.chunk, input_time_limit, common.device)
         found: dict[int, tuple[list[TestCase], float]] = {}
+        lost: WorkersLost | None = None  # the cluster, lost: what was finished is written, then exit code 4
         with InputProgress("testgen: adversarial cases", len(data), quiet=common.quiet) as steps:
-            for pos, done in executor.map(task if recipe is not None else None, range(len(data)), left, _no_events,
-                                          local=CasesWorker(model, kernels, task, run_deadline)):
-                found[pos] = done
-                steps.update(len(found))
+            try:
+                for pos, done in executor.map(task if recipe is not None else None, range(len(data)), left,
+                                              _no_events, local=CasesWorker(model, kernels, task, run_deadline)):
+                    found[pos] = done
+                    steps.update(len(found))
+            except WorkersLost as exc:
+                lost = exc
         per = [(pos, *found[pos]) for pos in sorted(found)]  # input order, whichever executor
         tests = [GeneratedTest(pos, "adversarial", c.witness.units, c.witness.values, int(refs[pos]), c.label_new,
                                level=c.level, source=c.source) for pos, cases, _ in per for c in cases]
         cov: dict[str, Any] | None = None
-        if coverage:
-            cov, tests = _coverage_part(common, executor, recipe, model, data, refs, threat, tests, criterion, threshold,
-                                        calib, max_l0, max_targets, input_time_limit, run_deadline, left)
+        if coverage and lost is None:
+            cov, tests, lost = _coverage_part(common, executor, recipe, model, data, refs, threat, tests, criterion,
+                                              threshold, calib, max_l0, max_targets, input_time_limit, run_deadline,
+                                              left)
     report = checked_result(_report(model, data, refs, threat, per, tests, max_t, per_input, max_l0,
-                                     time.monotonic() - started, cov))
+                                     time.monotonic() - started, cov, complete=lost is None))
     if common.format == "json":
         console.print_json(report)
     else:
@@ -130,6 +136,8 @@ def testgen(
         _write_files(out, model, data, tests, report)
         if not common.quiet:
             console.err.print(f"test cases written to {out}")
+    if lost is not None:
+        raise WorkersLost(f"{lost}; the tests of the inputs finished are in the results")
 
 
 def _no_events(pos: int, event: Any) -> None:
@@ -140,22 +148,23 @@ def _coverage_part(common: Common, executor: Any, recipe: ClassifierRecipe | Non
                    threat: ThreatModel, tests: list[GeneratedTest], criterion: str, threshold: float,
                    calib: tuple[np.ndarray, dict[str, Any]] | None, max_l0: int, max_targets: int,
                    input_time_limit: float | None, run_deadline: float | None,
-                   left: Any) -> tuple[dict[str, Any], list[GeneratedTest]]:
+                   left: Any) -> tuple[dict[str, Any] | None, list[GeneratedTest], WorkersLost | None]:
     """Coverage of the clean inputs, tests generated to raise it, every test verified; the
     coverage document (``available: false`` with a reason where it cannot be measured).
 
     Every input's tests are generated against the same coverage (the clean inputs and the
     adversarial cases), so inputs can run anywhere and in any order; their tests are merged in
-    input order, each kept only if it covers something the tests before it did not."""
+    input order, each kept only if it covers something the tests before it did not. When the
+    cluster is lost, the tests of the inputs finished are verified and kept, and the loss returned."""
     onnx_model = getattr(model, "onnx_model", None)
     if onnx_model is None:
-        return {"available": False, "reason": "the backend does not expose an ONNX graph"}, tests
+        return {"available": False, "reason": "the backend does not expose an ONNX graph"}, tests, None
     try:
         probe = CoverageProbe.from_onnx(onnx_model, model.runtime.input_name)
     except Exception as exc:  # a graph onnxruntime cannot run with extra outputs: report, don't fail
-        return {"available": False, "reason": f"cannot add the Relu tensors to the graph: {type(exc).__name__}: {exc}"}, tests
+        return {"available": False, "reason": f"cannot add the Relu tensors to the graph: {type(exc).__name__}: {exc}"}, tests, None
     if probe is None:
-        return {"available": False, "reason": "the model has no Relu nodes"}, tests
+        return {"available": False, "reason": "the model has no Relu nodes"}, tests, None
     layers = probe.layer_sizes(np.asarray(model.model_input(data.x[:1])))
     neurons = sum(size for _, size in layers)
     if criterion == "nc":
@@ -172,11 +181,15 @@ def _coverage_part(common: Common, executor: Any, recipe: ClassifierRecipe | Non
         covered |= crit.covered(gen.pre(adv_images)).any(axis=0)
     task = CoverageTask(recipe, crit, values, max_l0, max_targets, data.x, covered, input_time_limit)
     found: dict[int, InputRecord] = {}
+    lost: WorkersLost | None = None
     with InputProgress(f"testgen: {criterion.upper()} coverage-guided", len(data), quiet=common.quiet) as steps:
-        for pos, rec in executor.map(task if recipe is not None else None, range(len(data)), left, _no_events,
-                                     local=CoverageWorker(gen, task, run_deadline)):
-            found[pos] = rec
-            steps.update(len(found))
+        try:
+            for pos, rec in executor.map(task if recipe is not None else None, range(len(data)), left, _no_events,
+                                         local=CoverageWorker(gen, task, run_deadline)):
+                found[pos] = rec
+                steps.update(len(found))
+        except WorkersLost as exc:
+            lost = exc
     records = [found[pos] for pos in sorted(found)]
     merged, duplicates = merge_in_order(found, covered)
     for pos, t in merged:
@@ -207,7 +220,7 @@ def _coverage_part(common: Common, executor: Any, recipe: ClassifierRecipe | Non
         "verification": "every test re-run through onnxruntime: changed pixels recounted (coverage tests within --max-l0), "
                         "label and coverage recomputed",
     }
-    return doc, kept
+    return doc, kept, lost
 
 
 def _calibration(common: Common, model: Any, data: Any, calibration: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -225,7 +238,7 @@ def _calibration(common: Common, model: Any, data: Any, calibration: Path | None
 
 def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: list[tuple[int, list[TestCase], float]],
             tests: list[GeneratedTest], max_t: int, per_input: int, max_l0: int, seconds: float,
-            coverage: dict[str, Any] | None) -> dict[str, Any]:
+            coverage: dict[str, Any] | None, *, complete: bool = True) -> dict[str, Any]:
     """The result document: one sample per input; ``cases`` (the adversarial cases),
     ``coverage_tests`` and ``coverage``."""
     inputs, cases, guided = [], [], []
@@ -275,6 +288,7 @@ def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: l
         cases=cases,
         **extras,
         samples=inputs,
+        **({} if complete else {"complete": False}),
     )
 
 
