@@ -23,6 +23,7 @@ from l0tre_testgen.criteria import Criterion
 from l0tre_testgen.generate import TestCase, generate
 from l0tre_testgen.guided import Generator, InputRecord, cover_input
 
+
 def input_deadline(run_deadline: float | None, left: Any, input_time_limit: float | None, t0: float) -> float | None:
     """The input's deadline: the run's (``run_deadline`` in this process, or ``left`` seconds
     from now on a worker), or ``input_time_limit`` from ``t0``, whichever comes first."""
