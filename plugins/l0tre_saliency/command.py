@@ -5,6 +5,7 @@ sample per input with its top pixels)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import resource
 import sys
@@ -20,9 +21,11 @@ from typing_extensions import Annotated
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
 from l0tre_core import (
     CHUNK,
+    ClassifierRecipe,
     SearchContext,
     ThreatModel,
     UsageError,
+    WorkersLost,
     atomic_write,
     checked_result,
     pick_kernels,
@@ -31,6 +34,7 @@ from l0tre_core import (
 )
 from l0tre_saliency.figure import SCALES, saliency_png
 from l0tre_saliency.saliency import SaliencyMap, image_shape, saliency_map
+from l0tre_saliency.task import SaliencyTask, SaliencyWorker
 
 PANEL = "Saliency"
 
@@ -56,6 +60,7 @@ def saliency(
         raise UsageError(f"--memory-mb must be at least 16, got {memory_mb}")
     if scale not in SCALES:
         raise UsageError(f"--scale must be shared or per-panel, got {scale!r}", field="scale")
+    executor = common.open_executor()  # a missing Ray is an environment error before any work
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit="pixel", values=values, score=score)
     data = common.load_data(model)
@@ -63,18 +68,27 @@ def saliency(
     host = common.host
     kernels = pick_kernels(host, common.device)
     plan = memory_plan(model, threat, memory_mb, common.batch_size)
-    model.batch_size = plan["model_batch"]
+    # the plan's batch size, fixed (no tuning above it); a worker's copy of the model inherits it
+    model = dataclasses.replace(model, batch_size=plan["model_batch"])
+    recipe = ClassifierRecipe.of(model, host, common.device) if executor.name != "local" else None
     refs = model.predict(data.x)
     shape = image_shape(model.geometry)
-    maps: list[SaliencyMap] = []
-    records: list[dict[str, Any]] = []
+    task = SaliencyTask(recipe, threat, data, refs, shape, top, plan["chunk"], common.device)
+    found: dict[int, tuple[SaliencyMap, dict[str, Any]]] = {}
+    lost: WorkersLost | None = None
     started = time.monotonic()
-    with InputProgress("saliency", len(data), quiet=common.quiet) as steps:
-        for pos in range(len(data)):
-            smap, record = saliency_record(model, kernels, threat, data, refs, pos, shape, top, plan["chunk"])
-            maps.append(smap)
-            records.append(record)
-            steps.update(steps.done + 1)
+    with executor, InputProgress("saliency", len(data), quiet=common.quiet) as steps:
+        try:
+            # maps come back as inputs finish, anywhere; they are kept in input order below
+            for pos, done in executor.map(task if recipe is not None else None, range(len(data)), lambda pos: pos,
+                                          lambda pos, event: None, local=SaliencyWorker(model, kernels, task)):
+                found[pos] = done
+                steps.update(len(found))
+        except WorkersLost as exc:  # the cluster is gone: the maps finished are written, then exit code 4
+            lost = exc
+    positions = sorted(found)  # every input, unless the cluster was lost
+    maps = [found[pos][0] for pos in positions]
+    records = [found[pos][1] for pos in positions]
     seconds = time.monotonic() - started
     evaluations = sum(r["evaluations"] for r in records)
     report = checked_result(result_document(
@@ -96,16 +110,21 @@ def saliency(
             "peak_rss_mb": peak_rss_mb(),
         },
         samples=records,
+        **({} if lost is None else {"complete": False}),
     ))
     if common.format == "json":
         console.print_json(report)
     else:
         _print_tables(records, threat.score)
     if out is not None:
-        _write_files(out, data, refs, maps, shape, model.card.range, records, scale=scale, score=threat.score)
+        if maps:
+            _write_files(out, data, refs, positions, maps, shape, model.card.range, records, scale=scale,
+                         score=threat.score)
         write_result_json(out, report)
         if not common.quiet:
             console.err.print(f"saliency maps written to {out}")
+    if lost is not None:
+        raise WorkersLost(f"{lost}; the {len(maps)} of {len(data)} maps finished are in the results")
 
 
 ACTIVATION_FACTOR = 20  # model memory per input in a batch, in input sizes (measured: MobileNetV2 at 224, about 13 MB per 0.6 MB input)
@@ -119,7 +138,8 @@ def memory_plan(model: Any, threat: ThreatModel, memory_mb: int, batch_size: int
     nv = len(threat.value_set(model.geometry.n_channels))
     half = memory_mb * 2**20 // 2
     chunk = max(nv, min(CHUNK, half // input_bytes) // nv * nv)
-    batch = batch_size or max(1, min(model.batch_size, half // (input_bytes * ACTIVATION_FACTOR), chunk))
+    largest = model.batch_size or chunk  # a model loaded without a batch size: the chunk bounds it
+    batch = batch_size or max(1, min(largest, half // (input_bytes * ACTIVATION_FACTOR), chunk))
     return {"budget_mb": memory_mb, "chunk": int(chunk), "chunk_mb": round(chunk * input_bytes / 2**20, 1),
             "model_batch": int(batch), "values_per_pixel": nv}
 
@@ -173,16 +193,17 @@ def _print_tables(records: list[dict[str, Any]], score: str) -> None:
         console.out.print(f"single-pixel flip: {flip}; {r['evaluations']:,} evaluations, {r['seconds']:.2f}s\n")
 
 
-def _write_files(out: Path, data: Any, refs: np.ndarray, maps: list[SaliencyMap], shape: tuple[int, int],
+def _write_files(out: Path, data: Any, refs: np.ndarray, positions: list[int], maps: list[SaliencyMap], shape: tuple[int, int],
                  value_range: tuple[float, float], records: list[dict[str, Any]], *, scale: str = "shared",
                  score: str = "margin") -> None:
     h, w = shape
     stacked = np.stack([m.sensitivity.reshape(h, w) for m in maps]).astype(np.float32)
     flips = np.stack([m.flips.reshape(h, w) for m in maps])
     buf = io.BytesIO()
-    np.savez_compressed(buf, index=data.index.astype(np.int64), maps=stacked, flips=flips, reference=refs.astype(np.int64))
+    np.savez_compressed(buf, index=data.index[positions].astype(np.int64), maps=stacked, flips=flips,
+                        reference=refs[positions].astype(np.int64))
     atomic_write(out / "saliency.npz", lambda fh: fh.write(buf.getvalue()), binary=True)
-    images = data.x.reshape(len(data), h, w, -1)
+    images = data.x[positions].reshape(len(positions), h, w, -1)
     titles = [f"#{r['index']}  label {'-' if r['label'] is None else r['label']}  pred {r['reference']}"
               + ("\n1 pixel alone flips it" if r["single_pixel_flip"] else "") for r in records]
     png = saliency_png(images, stacked, titles, value_range, scale=scale, score=score)

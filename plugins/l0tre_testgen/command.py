@@ -6,7 +6,10 @@
 2. **Coverage-guided tests** (DeepConcolic's case study, with L0-TRE's sensitivity): for each
    target of ``--criterion`` (NC or NBC over the ReLU pre-activations) not yet covered, the
    input's pixels are changed, most effective on that target first, until it is covered or
-   ``--max-l0`` pixels are spent; every input that covers something new is kept.
+   ``--max-l0`` pixels are spent; every input that covers something new is kept. Every input
+   starts from the same coverage (clean inputs and adversarial cases), so inputs run on any
+   executor in any order; their tests are merged in input order, each kept only if it covers
+   something the tests before it did not.
 
 Every test is re-run through onnxruntime at the end: its changed pixels recounted (within its
 budget), its label and its coverage recomputed; a test that does not hold is dropped.
@@ -32,9 +35,10 @@ from typing_extensions import Annotated
 from l0tre_cli.kit import Common, InputProgress, common_options, console, search_options
 from l0tre_core import (
     Budget,
-    SearchContext,
+    ClassifierRecipe,
     ThreatModel,
     UsageError,
+    WorkersLost,
     atomic_write,
     checked_result,
     load_data,
@@ -44,8 +48,9 @@ from l0tre_core import (
 )
 from l0tre_testgen.coverage import CoverageProbe
 from l0tre_testgen.criteria import CRITERIA, Criterion, nbc_criterion
-from l0tre_testgen.generate import TestCase, generate
-from l0tre_testgen.guided import Generator, cover_input
+from l0tre_testgen.generate import TestCase
+from l0tre_testgen.guided import Generator, InputRecord
+from l0tre_testgen.tasks import CasesTask, CasesWorker, CoverageTask, CoverageWorker, merge_in_order
 from l0tre_testgen.verify import GeneratedTest, coverage_curve, verify_tests
 
 PANEL = "Test generation"
@@ -81,6 +86,7 @@ def testgen(
         raise UsageError(f"--max-targets must be positive, got {max_targets}")
     if calibration is not None and criterion != "nbc":
         raise UsageError("--calibration is for --criterion nbc (NC needs no calibration set)")
+    executor = common.open_executor()  # a missing Ray is an environment error before any work
     model = common.load_model()
     threat = ThreatModel(lo=model.card.lo, hi=model.card.hi, unit="pixel", values=values, score=score)
     data = common.load_data(model)
@@ -88,32 +94,40 @@ def testgen(
     calib = _calibration(common, model, data, calibration) if coverage and criterion == "nbc" else None  # refused now, not after the search
     kernels = pick_kernels(common.host, common.device)
     refs = model.predict(data.x)
+    recipe = ClassifierRecipe.of(model, common.host, common.device) if executor.name != "local" else None
     started = time.monotonic()
     run_deadline = None if time_limit is None else started + time_limit
 
-    def input_deadline(t0: float) -> float | None:
-        deadline = None if input_time_limit is None else t0 + input_time_limit
-        if run_deadline is not None:
-            deadline = run_deadline if deadline is None else min(deadline, run_deadline)
-        return deadline
+    def left(pos: int) -> float | tuple[()] | None:
+        """An input's item: seconds left of the run's time limit (() for none); None once it is
+        up (the inputs not reached get nothing)."""
+        if run_deadline is None:
+            return ()
+        remaining = run_deadline - time.monotonic()
+        return None if remaining < 0 else remaining
 
-    per: list[tuple[int, list[TestCase], float]] = []  # (position, cases, seconds)
-    with InputProgress("testgen: adversarial cases", len(data), quiet=common.quiet) as steps:
-        for pos in range(len(data)):
-            t0 = time.monotonic()
-            if run_deadline is not None and t0 > run_deadline:
-                break  # the inputs not reached get no cases
-            ctx = SearchContext(model, kernels, threat, data.x[pos], int(refs[pos]), budget.chunk)
-            per.append((pos, generate(ctx, max_t, per_input, input_deadline(t0)), time.monotonic() - t0))
-            steps.update(steps.done + 1)
-    tests = [GeneratedTest(pos, "adversarial", c.witness.units, c.witness.values, int(refs[pos]), c.label_new, level=c.level,
-                           source=c.source) for pos, cases, _ in per for c in cases]
-    cov: dict[str, Any] | None = None
-    if coverage:
-        cov, tests = _coverage_part(common, model, data, refs, threat, tests, criterion, threshold, calib, max_l0,
-                                    max_targets, input_deadline, run_deadline)
+    with executor:
+        task = CasesTask(recipe, threat, data.x, refs, max_t, per_input, budget.chunk, input_time_limit, common.device)
+        found: dict[int, tuple[list[TestCase], float]] = {}
+        lost: WorkersLost | None = None  # the cluster, lost: what was finished is written, then exit code 4
+        with InputProgress("testgen: adversarial cases", len(data), quiet=common.quiet) as steps:
+            try:
+                for pos, done in executor.map(task if recipe is not None else None, range(len(data)), left,
+                                              _no_events, local=CasesWorker(model, kernels, task, run_deadline)):
+                    found[pos] = done
+                    steps.update(len(found))
+            except WorkersLost as exc:
+                lost = exc
+        per = [(pos, *found[pos]) for pos in sorted(found)]  # input order, whichever executor
+        tests = [GeneratedTest(pos, "adversarial", c.witness.units, c.witness.values, int(refs[pos]), c.label_new,
+                               level=c.level, source=c.source) for pos, cases, _ in per for c in cases]
+        cov: dict[str, Any] | None = None
+        if coverage and lost is None:
+            cov, tests, lost = _coverage_part(common, executor, recipe, model, data, refs, threat, tests, criterion,
+                                              threshold, calib, max_l0, max_targets, input_time_limit, run_deadline,
+                                              left)
     report = checked_result(_report(model, data, refs, threat, per, tests, max_t, per_input, max_l0,
-                                     time.monotonic() - started, cov))
+                                     time.monotonic() - started, cov, complete=lost is None))
     if common.format == "json":
         console.print_json(report)
     else:
@@ -122,22 +136,35 @@ def testgen(
         _write_files(out, model, data, tests, report)
         if not common.quiet:
             console.err.print(f"test cases written to {out}")
+    if lost is not None:
+        raise WorkersLost(f"{lost}; the tests of the inputs finished are in the results")
 
 
-def _coverage_part(common: Common, model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, tests: list[GeneratedTest],
-                   criterion: str, threshold: float, calib: tuple[np.ndarray, dict[str, Any]] | None, max_l0: int, max_targets: int,
-                   input_deadline: Any, run_deadline: float | None) -> tuple[dict[str, Any], list[GeneratedTest]]:
+def _no_events(pos: int, event: Any) -> None:
+    """testgen's per-input work streams no events: each input's result comes back whole."""
+
+
+def _coverage_part(common: Common, executor: Any, recipe: ClassifierRecipe | None, model: Any, data: Any, refs: np.ndarray,
+                   threat: ThreatModel, tests: list[GeneratedTest], criterion: str, threshold: float,
+                   calib: tuple[np.ndarray, dict[str, Any]] | None, max_l0: int, max_targets: int,
+                   input_time_limit: float | None, run_deadline: float | None,
+                   left: Any) -> tuple[dict[str, Any] | None, list[GeneratedTest], WorkersLost | None]:
     """Coverage of the clean inputs, tests generated to raise it, every test verified; the
-    coverage document (``available: false`` with a reason where it cannot be measured)."""
+    coverage document (``available: false`` with a reason where it cannot be measured).
+
+    Every input's tests are generated against the same coverage (the clean inputs and the
+    adversarial cases), so inputs can run anywhere and in any order; their tests are merged in
+    input order, each kept only if it covers something the tests before it did not. When the
+    cluster is lost, the tests of the inputs finished are verified and kept, and the loss returned."""
     onnx_model = getattr(model, "onnx_model", None)
     if onnx_model is None:
-        return {"available": False, "reason": "the backend does not expose an ONNX graph"}, tests
+        return {"available": False, "reason": "the backend does not expose an ONNX graph"}, tests, None
     try:
         probe = CoverageProbe.from_onnx(onnx_model, model.runtime.input_name)
     except Exception as exc:  # a graph onnxruntime cannot run with extra outputs: report, don't fail
-        return {"available": False, "reason": f"cannot add the Relu tensors to the graph: {type(exc).__name__}: {exc}"}, tests
+        return {"available": False, "reason": f"cannot add the Relu tensors to the graph: {type(exc).__name__}: {exc}"}, tests, None
     if probe is None:
-        return {"available": False, "reason": "the model has no Relu nodes"}, tests
+        return {"available": False, "reason": "the model has no Relu nodes"}, tests, None
     layers = probe.layer_sizes(np.asarray(model.model_input(data.x[:1])))
     neurons = sum(size for _, size in layers)
     if criterion == "nc":
@@ -145,25 +172,29 @@ def _coverage_part(common: Common, model: Any, data: Any, refs: np.ndarray, thre
     else:
         x, where = calib  # type: ignore[misc]
         crit = nbc_criterion(probe.pre_activations(np.asarray(model.model_input(x))), where)
-    gen = Generator(model, probe, crit, threat.value_set(model.geometry.n_channels), max_l0, max_targets)
+    values = threat.value_set(model.geometry.n_channels)
+    gen = Generator(model, probe, crit, values, max_l0, max_targets)
     clean_cov = crit.covered(gen.pre(data.x)).any(axis=0)
     covered = clean_cov.copy()
     if tests:  # the adversarial cases count before the guided ones
         adv_images = np.stack([t.image(data.x) for t in tests])
         covered |= crit.covered(gen.pre(adv_images)).any(axis=0)
-    records = []
+    task = CoverageTask(recipe, crit, values, max_l0, max_targets, data.x, covered, input_time_limit)
+    found: dict[int, InputRecord] = {}
+    lost: WorkersLost | None = None
     with InputProgress(f"testgen: {criterion.upper()} coverage-guided", len(data), quiet=common.quiet) as steps:
-        for pos in range(len(data)):
-            t0 = time.monotonic()
-            if run_deadline is not None and t0 > run_deadline:
-                break
-            rec = cover_input(gen, data.x[pos], covered, input_deadline(t0))
-            for t in rec.tests:
-                covered[t.new] = True
-                tests.append(GeneratedTest(pos, "coverage", t.units, t.values, int(refs[pos]), t.label_after,
-                                           target=int(t.target), target_name=crit.target_name(t.target, layers)))
-            records.append(rec)
-            steps.update(steps.done + 1)
+        try:
+            for pos, rec in executor.map(task if recipe is not None else None, range(len(data)), left, _no_events,
+                                         local=CoverageWorker(gen, task, run_deadline)):
+                found[pos] = rec
+                steps.update(len(found))
+        except WorkersLost as exc:
+            lost = exc
+    records = [found[pos] for pos in sorted(found)]
+    merged, duplicates = merge_in_order(found, covered)
+    for pos, t in merged:
+        tests.append(GeneratedTest(pos, "coverage", t.units, t.values, int(refs[pos]), t.label_after,
+                                   target=int(t.target), target_name=crit.target_name(t.target, layers)))
     kept, dropped = verify_tests(gen, data.x, clean_cov, tests, max_l0)
     masks = np.stack([t.covers for t in kept]) if kept else np.zeros((0, crit.targets), bool)
     curve = coverage_curve(clean_cov, masks, np.array([t.l0 for t in kept], np.int64), max(max_l0, max(REPORTED_L0)))
@@ -183,12 +214,13 @@ def _coverage_part(common: Common, model: Any, data: Any, refs: np.ndarray, thre
         "at": {str(k): curve[k]["coverage"] for k in REPORTED_L0 if k < len(curve)},
         "tests": {"adversarial": sum(t.kind == "adversarial" for t in kept), "coverage": sum(t.kind == "coverage" for t in kept),
                   "dropped_at_verification": dropped,
+                  "left_out_as_covered_by_earlier_inputs": duplicates,
                   "targets_tried": sum(r.targets_tried for r in records),
                   "probe_evaluations": sum(r.evaluations for r in records)},
         "verification": "every test re-run through onnxruntime: changed pixels recounted (coverage tests within --max-l0), "
                         "label and coverage recomputed",
     }
-    return doc, kept
+    return doc, kept, lost
 
 
 def _calibration(common: Common, model: Any, data: Any, calibration: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -206,7 +238,7 @@ def _calibration(common: Common, model: Any, data: Any, calibration: Path | None
 
 def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: list[tuple[int, list[TestCase], float]],
             tests: list[GeneratedTest], max_t: int, per_input: int, max_l0: int, seconds: float,
-            coverage: dict[str, Any] | None) -> dict[str, Any]:
+            coverage: dict[str, Any] | None, *, complete: bool = True) -> dict[str, Any]:
     """The result document: one sample per input; ``cases`` (the adversarial cases),
     ``coverage_tests`` and ``coverage``."""
     inputs, cases, guided = [], [], []
@@ -256,6 +288,7 @@ def _report(model: Any, data: Any, refs: np.ndarray, threat: ThreatModel, per: l
         cases=cases,
         **extras,
         samples=inputs,
+        **({} if complete else {"complete": False}),
     )
 
 

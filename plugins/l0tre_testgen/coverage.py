@@ -27,8 +27,9 @@ class CoverageProbe:
     relu_inputs: tuple[str, ...] = ()  # the pre-activations (what coverage-guided generation steers)
 
     @classmethod
-    def from_onnx(cls, model: Any, input_name: str) -> "CoverageProbe | None":
-        """A probe for ``model`` (an onnx.ModelProto), or None when it has no Relu nodes."""
+    def from_onnx(cls, model: Any, input_name: str, threads: int = 0) -> "CoverageProbe | None":
+        """A probe for ``model`` (an onnx.ModelProto), or None when it has no Relu nodes;
+        ``threads``: the session's intra-op threads (0: onnxruntime's default, every core)."""
         import onnx
         import onnxruntime as ort
 
@@ -47,7 +48,9 @@ class CoverageProbe:
             existing.add(name)
             # element type only: onnxruntime fills in the shape
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # an executor's worker shares the machine's cores
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
         first = next(i for i in session.get_inputs() if i.name == input_name)
         return cls(session, input_name, names, isinstance(first.shape[0], int), inputs)
 

@@ -4,9 +4,10 @@ target's objective instead of the margin) and change them, most effective first,
 is covered or the L0 budget is spent. Every generated input that covers something new is kept,
 whether or not its label changed.
 
-``cover_input`` is the whole per-input work, a function of (generator, input, coverage so far):
-an executor may run inputs in parallel and merge their records (``covered`` then may be stale,
-which only costs duplicates).
+``cover_input`` is the whole per-input work, a function of (generator, input, coverage to start
+from). The command gives every input the same coverage to start from, so inputs run anywhere, in
+any order, and merges their tests in input order (``tasks.merge_in_order``: a test whose targets
+an earlier input's tests covered is left out).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class CoverageTest:
     target: int  # the target it was built for
     new: np.ndarray  # targets it covers that were not covered before it (int64)
     label_after: int
+    covers: np.ndarray | None = None  # [T] bool, every target it covers (to merge inputs' tests)
 
     @property
     def l0(self) -> int:
@@ -106,7 +108,7 @@ def cover_input(gen: Generator, x: np.ndarray, covered: np.ndarray, deadline: fl
         changed = np.flatnonzero(np.any(adv != x, axis=1))
         label = int(np.argmax(gen.classifier.outputs(adv[None])[0]))
         rec.tests.append(CoverageTest(changed.astype(np.int64), adv[changed].astype(np.float32), int(target),
-                                      np.flatnonzero(fresh[k]).astype(np.int64), label))
+                                      np.flatnonzero(fresh[k]).astype(np.int64), label, cov[k].copy()))
         seen |= cov[k]
     rec.seconds = time.monotonic() - started
     return rec
