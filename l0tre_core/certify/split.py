@@ -96,8 +96,11 @@ class _Search(_Attacks):
                 return None
         # a box float64 proves but the band does not: bisect a few times (the bound may be loose),
         # then give it up; the true margin may lie inside the band, where splitting cannot help
-        in_band = (lb[und] + self.band).min(axis=1) > 0
-        stuck = in_band & (ub.depth >= knobs.BAND_DEPTH)
+        # (the band costs a bound pass over the ball: computed only once a box is deep enough)
+        deep = ub.depth >= knobs.BAND_DEPTH
+        stuck = np.zeros(len(ub), dtype=bool)
+        if deep.any():
+            stuck[deep] = (lb[und][deep] + self.band).min(axis=1) > 0
         self.gave_up_band += int(stuck.sum())
         ub = ub.take(~stuck)
         # bisect along the widest free scalar
@@ -136,9 +139,8 @@ class _Search(_Attacks):
         return None
 
     def _run_t1(self) -> Verdict:
-        found, _ = self._attack_single()
-        if found:
-            return self.verdict("attack: one pixel")
+        # No separate corner attack: the boxes below check the corners of every box they cannot
+        # prove, and the engine's discrete sweep has tried every single-pixel corner already
         queue = [self._pixel_boxes(np.arange(self.prob.P))]
         res = self._drain_boxes(queue)
         detail = f"split: {self.n_boxes} boxes"
