@@ -101,7 +101,7 @@ def _boxes(prob: object, pixels: list[list[int]], rng: np.random.Generator) -> B
     return Boxes.concat(parts)
 
 
-@pytest.mark.parametrize("name", ["mnist_convsmall", "mnist_maxpool"])
+@pytest.mark.parametrize("name", ["mnist_convsmall", "mnist_maxpool", "fmnist_resnet"])
 def test_cone_bounds_equal_whole_input_bounds_and_hold(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     net, inputs, ref = _problem(name, 3)
     assert any(isinstance(w, ConvOp) for nd in net.nodes for w in nd.mats), "the zoo model should keep a ConvOp"

@@ -26,6 +26,8 @@ from l0tre_core.certify.boxes import Boxes, box_bounds
 from l0tre_core.certify.problem import Domains, Problem, pixel_terms
 from l0tre_core.certify.search import _Timer
 
+CORNER_ALL_INPUTS = 1024  # inputs up to this size: all corners of 3-scalar boxes are checked
+
 
 class _Search(_Attacks):
     def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer, band: Callable[[], np.ndarray]) -> None:
@@ -89,7 +91,9 @@ class _Search(_Attacks):
         k = np.argmin(lb[und], axis=1)
         h = hint[und, k, :]  # [U, F]
         cands = [0.5 * (ub.dlo + ub.dhi), np.where(h > 0, ub.dlo, ub.dhi)]
-        if ub.S.shape[1] <= 3:
+        # every corner too when there are few; a colour pixel's 8 corners each cost a forward
+        # pass of the whole network per box, where the hint's corner is the likely worst one
+        if ub.S.shape[1] <= 2 or (ub.S.shape[1] <= 3 and self.net.n_inputs <= CORNER_ALL_INPUTS):
             cands += self._corner_offsets(ub)
         for off in cands:
             if self.check(ub.points(prob, off)):
