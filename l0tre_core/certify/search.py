@@ -18,9 +18,10 @@
 A certificate is about the float32 network onnxruntime runs: every bound includes the float32
 rounding the network can add (``certify/float32.py``, ``Problem.prepare_float32``), and a margin
 counts as proven only when its lower bound is strictly positive (a tie with a lower-index class is
-a flip). The band is what the float32 terms cost the one-pass bound; boxes whose bound would be
-positive without them but stays inside the band after ``BAND_DEPTH`` bisections are given up:
-the verdict is then ``unknown`` with ``band`` set. A witness needs a
+a flip). The band is what the float32 terms cost a bound: a box bisected ``BAND_DEPTH`` times
+whose bound without them is positive but with them is not is given up (the search's boxes), as is
+a one-pass bound in that position (``split=False``): the verdict is then ``unknown`` with
+``band`` set. A witness needs a
 margin below ``-WITNESS_TOL`` and is re-verified (argmax, changed pixels, range) before it is
 returned; the engine verifies it again in onnxruntime.
 
@@ -157,7 +158,7 @@ def certify(
                        band=in_band)
     from l0tre_core.certify.split import _Search  # it imports this module
 
-    search = _Search(prob, ref, t, timer, lambda: _band(prob, t, ref, lb[0]))
+    search = _Search(prob, ref, t, timer)
     return search.run(lb, a_in)
 
 

@@ -14,7 +14,6 @@ The attacks are the mixin ``_Attacks`` (``certify/attacks.py``). The tuning cons
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import numpy as np
 
@@ -30,10 +29,8 @@ CORNER_ALL_INPUTS = 1024  # inputs up to this size: all corners of 3-scalar boxe
 
 
 class _Search(_Attacks):
-    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer, band: Callable[[], np.ndarray]) -> None:
+    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer) -> None:
         self.prob = prob
-        self._band_of = band
-        self._band: np.ndarray | None = None
         self.gave_up_band = 0
         self.net = prob.net
         self.ref = ref
@@ -43,13 +40,6 @@ class _Search(_Attacks):
         self.n_boxes = 0
         self.n_domains = 0
         self.gave_up = 0
-
-    @property
-    def band(self) -> np.ndarray:
-        """``[K-1]``: what the float32 terms cost each one-pass margin bound (computed when needed)."""
-        if self._band is None:
-            self._band = self._band_of()
-        return self._band
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -99,12 +89,18 @@ class _Search(_Attacks):
             if self.check(ub.points(prob, off)):
                 return None
         # a box float64 proves but the band does not: bisect a few times (the bound may be loose),
-        # then give it up; the true margin may lie inside the band, where splitting cannot help
-        # (the band costs a bound pass over the ball: computed only once a box is deep enough)
-        deep = ub.depth >= knobs.BAND_DEPTH
+        # then give it up; the true margin may lie inside the band, where splitting cannot help.
+        # Once a box is deep enough, the box itself is bounded without the float32 terms: the
+        # one-pass band over the ball overstates a box's band (light ball bounds even more so)
+        deep = np.nonzero(ub.depth >= knobs.BAND_DEPTH)[0]
         stuck = np.zeros(len(ub), dtype=bool)
-        if deep.any():
-            stuck[deep] = (lb[und][deep] + self.band).min(axis=1) > 0
+        if deep.size:
+            prob.exact_arithmetic = True
+            try:
+                lb64, _ = box_bounds(prob, ub.take(deep), self.ref)
+            finally:
+                prob.exact_arithmetic = False
+            stuck[deep] = lb64.min(axis=1) > 0
         self.gave_up_band += int(stuck.sum())
         ub = ub.take(~stuck)
         # bisect along the widest free scalar
