@@ -10,7 +10,9 @@ max_t. Prints the number of checks, sound certificates, how many of them the ora
 or grid only), unknowns, and FALSE certificates (must be 0), with one line per network family;
 exit code 1 if any certificate is false (or any witness is bad).
 
-``--network FAMILY:SEED`` reruns one network and prints its reproducers in full.
+``--network FAMILY:SEED`` reruns one network and prints its reproducers in full. ``--cones`` forces
+the code paths of wide networks onto these tiny ones (convolutions bounded over each box's cone,
+light ball bounds at t = 1: ``test_soundness_harness.cone_paths``).
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder for reproducers (JSON) and the models of findings")
     ap.add_argument("--network", default=None, help="FAMILY:SEED: run one network and print its findings in full")
     ap.add_argument("--verbose", action="store_true", help="one line per network")
+    ap.add_argument("--cones", action="store_true", help="force the wide networks' code paths: every Conv a ConvOp "
+                    "(boxes bounded over their cones) and light ball bounds at t = 1")
     args = ap.parse_args(argv)
 
     families = [f for f in args.families.split(",") if f]
     unknown = [f for f in families if f not in nb.FAMILIES]
     if unknown:
         ap.error(f"unknown families {unknown} (known: {', '.join(nb.FAMILIES)})")
-    kw = dict(n_inputs=args.inputs, max_t=args.max_t, certify_time=args.certify_time, input_time=args.input_time)
+    kw = dict(n_inputs=args.inputs, max_t=args.max_t, certify_time=args.certify_time, input_time=args.input_time,
+              cones=args.cones)
     work = Path(tempfile.mkdtemp(prefix="l0tre-soundness-"))
     if args.network:
         fam, seed = args.network.split(":")

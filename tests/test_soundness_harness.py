@@ -19,11 +19,12 @@ xfail: a failure is a soundness bug. ``benchmarks/soundness.py`` runs the same h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -107,9 +108,30 @@ def _evaluate(clf: Any, data: Any, unit: str, max_t: int, certify_time: float, i
         raise
 
 
+@contextlib.contextmanager
+def cone_paths() -> Iterator[None]:
+    """Force the code paths wide networks take onto the harness's tiny ones: every convolution
+    stays a ``ConvOp`` (so boxes are bounded over their cones, ``certify/boxes.py``) and t = 1 uses
+    light ball bounds (``Problem.light``)."""
+    from l0tre_core.certify import network, search
+
+    saved = network.DENSE_CONV_MAX, search.LIGHT_WIDTH
+    network.DENSE_CONV_MAX, search.LIGHT_WIDTH = 0, 0
+    try:
+        yield
+    finally:
+        network.DENSE_CONV_MAX, search.LIGHT_WIDTH = saved
+
+
 def check_network(family: str, seed: int, folder: str | Path, *, n_inputs: int = 4, max_t: int = 2,
-                  certify_time: float = 1.0, input_time: float = 2.0, grid_budget: int = 40_000, host: Any = None) -> NetResult:
-    """Generate one network, run l0tre on its inputs, check every claim with the oracle."""
+                  certify_time: float = 1.0, input_time: float = 2.0, grid_budget: int = 40_000, host: Any = None,
+                  cones: bool = False) -> NetResult:
+    """Generate one network, run l0tre on its inputs, check every claim with the oracle
+    (``cones``: with the wide networks' code paths forced, ``cone_paths``)."""
+    if cones:
+        with cone_paths():
+            return check_network(family, seed, folder, n_inputs=n_inputs, max_t=max_t, certify_time=certify_time,
+                                 input_time=input_time, grid_budget=grid_budget, host=host)
     from helpers import write_npz
     from l0tre_core import load_data, load_model
 
@@ -310,6 +332,21 @@ def test_sound_certificates_hold(family: str, seed: int, workdir: Path, host: An
     res = _result(family, seed, workdir, host)
     if res.findings:
         pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec}:\n"
+                    + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
+
+
+# networks with convolutions, run again with the cone paths forced (``cone_paths``)
+CONE_NETWORKS = [("cnn", 0), ("cnn", 1), ("cnn", 16), ("residual", 0), ("residual", 8), ("feature", 3), ("feature", 12)]
+
+
+@pytest.mark.parametrize("family,seed", CONE_NETWORKS, ids=[f"{f}-{s}" for f, s in CONE_NETWORKS])
+def test_sound_certificates_hold_on_cone_paths(family: str, seed: int, tmp_path: Path, host: Any) -> None:
+    from l0tre_core.certify import boxes
+
+    assert boxes.CONES
+    res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cones=True)
+    if res.findings:
+        pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec} (cone paths):\n"
                     + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
 
 

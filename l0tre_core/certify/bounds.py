@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from l0tre_core.certify import float32
-from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, cols_of, rows_of
+from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, rows_of
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, relax
 from l0tre_core.certify.problem import Domains, Problem, concretize, pixel_terms
 
@@ -129,8 +129,8 @@ def backward(
                     if w is None:
                         cols = np.take_along_axis(np.broadcast_to(a, (n_dom,) + a.shape[1:]), box.S[:, None, :], axis=2)
                     else:
-                        ws = cols_of(w, box.S)  # [Dj, B, F]
-                        cols = np.einsum("brd,dbf->brf", np.broadcast_to(a, (n_dom,) + a.shape[1:]), ws)
+                        ws = nd.input_cols(nd.parents.index(p), box.S)  # [B, F, Dj]
+                        cols = np.einsum("brd,bfd->brf", np.broadcast_to(a, (n_dom,) + a.shape[1:]), ws)
                     a_free = cols if a_free is None else a_free + cols
                     continue
                 contrib = back_mat(a, w)
@@ -205,7 +205,12 @@ def _max_width(net: Network, upto: int) -> int:
 def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> list[Any]:
     """Bounds ``(l, u) [B, D_j]`` on every node but the output, over the generalised domains
     (``set_eps``: the domain is the ball, and each linear node's rounding bound is set from the
-    bounds of its inputs as they are reached)."""
+    bounds of its inputs as they are reached).
+
+    ``prob.light``: backward CROWN only for the nodes that read the input alone (exact top-k
+    bounds there), interval arithmetic everywhere else. Looser but sound, and far cheaper on wide
+    convolutional networks, where the t = 1 search decides by boxes and the ball's bounds serve
+    only the float32 rounding magnitudes and the one-pass check."""
     net = prob.net
     b = len(dom)
     bounds: list[Any] = [None] * len(net.nodes)
@@ -232,6 +237,8 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
         l = np.broadcast_to(l, (b, nd.size)).copy()
         u = np.broadcast_to(u, (b, nd.size)).copy()
         rows = _needed_rows(net, j, l, u)
+        if prob.light and any(p != 0 for p in nd.parents):
+            rows = rows[:0]
         if rows.size:
             width = _max_width(net, j)
             for sl in _row_chunks(2 * rows.size, b, width):

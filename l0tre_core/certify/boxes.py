@@ -16,9 +16,13 @@ from typing import Any
 import numpy as np
 
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
-from l0tre_core.certify.network import apply_mat, cols_of
-from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval
+from l0tre_core.certify.network import apply_mat
+from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_values
+from l0tre_core.certify.ops.affine import ConvOp
 from l0tre_core.certify.problem import Problem
+
+# convolutions over each box's cone only (``_conv_terms``); False: over the whole input, as before
+CONES = True
 
 
 @dataclass
@@ -81,16 +85,63 @@ def _lin_upper(rows: np.ndarray, dlo: np.ndarray, dhi: np.ndarray) -> np.ndarray
     return rows[:, -1, :] + np.maximum(co * dlo[:, :, None], co * dhi[:, :, None]).sum(axis=1)
 
 
-def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lower bounds ``[B, K-1]`` of the margins over each box, and the coefficients ``[B, K-1, F]``
-    of the best forward-mode linear lower bound (a hint towards the worst corner)."""
+def _clean(prob: Problem) -> dict[str, Any]:
+    """The forward-mode rows of the box with nothing free (the clean input; float32 rounding as
+    a band), per node, and their images under each convolution: what every box's rows equal
+    outside its cone. Cached on ``prob`` for its rounding bounds."""
+    key = (id(prob.eps), prob.exact_arithmetic)
+    cache = prob.__dict__.setdefault("_clean_rows", {})
+    if key not in cache:
+        empty = np.full((1, 1), -1, dtype=np.int64)
+        zero = np.zeros((1, 1))
+        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}}
+        _forward(prob, empty, zero, zero, None, rec)
+        cache[key] = rec
+    return cache[key]
+
+
+def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarray, mask: np.ndarray,
+                clean: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``W mid`` and ``|W| gap`` for a convolution parent, as the clean rows' images plus the
+    convolution of the difference over each box's cone only (zero outside it by construction:
+    there every value equals the clean box's). Returns them and the cone of the result."""
+    b, k, dp = mid.shape
+    dm = mid.copy()
+    dg = gap.copy()
+    dm[:, -2:, :] -= clean["mid"][p][None]
+    dg[:, -2:, :] -= clean["gap"][p][None]
+    m3 = mask[:, None, :]
+    dm = np.where(m3, dm, 0.0).reshape(b * k, dp)
+    dg = np.where(m3, dg, 0.0).reshape(b * k, dp)
+    rep = np.repeat(mask, k, axis=0)
+    w = nd.mats[i]
+    lm, reach = w.apply_local(dm, rep)
+    lg, _ = nd.mat_abs(i).apply_local(dg, rep)
+    mw = lm.reshape(b, k, -1)
+    rw = lg.reshape(b, k, -1)
+    if (j, i) not in clean["mw"]:
+        clean["mw"][(j, i)] = w.apply(clean["mid"][p])
+        clean["rw"][(j, i)] = nd.mat_abs(i).apply(clean["gap"][p])
+    mw[:, -2:, :] += clean["mw"][(j, i)][None]
+    rw[:, -2:, :] += clean["rw"][(j, i)][None]
+    return mw, rw, reach.reshape(b, k, -1)[:, 0, :]
+
+
+def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
+             record: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
+    bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
+
+    With ``clean`` (``_clean``), each box's cone (the nodes its free scalars reach) is tracked and
+    convolutions are evaluated over the cone only, plus the clean rows' images. ``record``: keep
+    the clean box's rows per node (``_clean``)."""
     net = prob.net
     nodes = net.nodes
-    b, f = boxes.S.shape
-    real = boxes.S >= 0
-    S = np.where(real, boxes.S, 0)
-    dlo = np.where(real, boxes.dlo, 0.0)
-    dhi = np.where(real, boxes.dhi, 0.0)
+    b, f = S.shape
+    real = S >= 0
+    S = np.where(real, S, 0)
+    dlo = np.where(real, dlo, 0.0)
+    dhi = np.where(real, dhi, 0.0)
     # interval of the input
     xl = np.broadcast_to(prob.x0, (b, prob.x0.size)).copy()
     xu = xl.copy()
@@ -101,6 +152,7 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
     bounds[0] = (xl, xu)
     L: dict[int, np.ndarray] = {}
     U: dict[int, np.ndarray] = {}
+    cone: dict[int, np.ndarray] = {}  # [B, D_j] bool: where box rows may differ from the clean box's
     rx = _Relax(net, bounds)
     last = net.last_use
     for j in range(1, len(nodes)):
@@ -111,6 +163,7 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
             up_rows = lo_rows.copy()
             cen = np.broadcast_to(nd.bias, (b, nd.size)).copy()
             rad = np.zeros((b, nd.size))
+            reach = np.zeros((b, nd.size), dtype=bool) if clean is not None else None
             for i, (p, w) in enumerate(zip(nd.parents, nd.mats)):
                 il, iu = bounds[p]
                 if p == 0:
@@ -119,8 +172,10 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
                         cols[np.arange(b)[:, None], np.arange(f)[None, :], S] = real.astype(np.float64)
                         const = prob.x0
                     else:
-                        cols = np.transpose(cols_of(w, S), (1, 2, 0)) * real[:, :, None]
+                        cols = nd.input_cols(i, S) * real[:, :, None]
                         const = prob.input_term(j, i)
+                    if reach is not None:
+                        reach |= (cols != 0).any(axis=1)
                     lo_rows[:, :-1, :] += cols
                     up_rows[:, :-1, :] += cols
                     lo_rows[:, -1, :] += const
@@ -135,13 +190,21 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
                     up_rows += up
                     cen += 0.5 * (il + iu)
                     rad += 0.5 * (iu - il)
+                    if reach is not None:
+                        reach |= cone[p]
                     continue
                 # L W+ + U W- = M W - R |W|,  U W+ + L W- = M W + R |W|  (M, R: mid, half-gap rows)
                 # and the interval bound in the same two products
                 mid = np.concatenate([0.5 * (lp + up), 0.5 * (il + iu)[:, None, :]], axis=1)
                 gap = np.concatenate([0.5 * (up - lp), 0.5 * (iu - il)[:, None, :]], axis=1)
-                mw = apply_mat(mid, w)
-                rw = apply_mat(gap, nd.mat_abs(i))
+                if clean is not None and isinstance(w, ConvOp):
+                    mw, rw, r = _conv_terms(nd, i, j, p, mid, gap, cone[p], clean)
+                    reach |= r  # type: ignore[operator]
+                else:
+                    mw = apply_mat(mid, w)
+                    rw = apply_mat(gap, nd.mat_abs(i))
+                    if reach is not None:
+                        reach |= apply_mat(cone[p].astype(np.float64), nd.mat_abs(i)) > 0
                 lo_rows += mw[:, :-1] - rw[:, :-1]
                 up_rows += mw[:, :-1] + rw[:, :-1]
                 cen += mw[:, -1]
@@ -152,6 +215,8 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
                 up_rows[:, -1, :] += eps
                 rad = rad + eps
             L[j], U[j] = lo_rows, up_rows
+            if reach is not None:
+                cone[j] = reach
             if j != net.output:
                 l = np.maximum(cen - rad, _lin_lower(lo_rows, dlo, dhi))
                 u = np.minimum(cen + rad, _lin_upper(up_rows, dlo, dhi))
@@ -167,6 +232,8 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
             const = np.zeros_like(ux)
             const[:, -1, :] = pr.ub
             U[j] = np.where(pr.exact[:, None, :], ux, const)
+            if clean is not None:
+                cone[j] = pool_values(cone[p], nd, False).any(axis=-1)
         else:
             p = nd.parents[0]
             l, u = bounds[p]
@@ -183,12 +250,32 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
             l2 = np.maximum(nl, _lin_lower(lo_rows, dlo, dhi))
             u2 = np.maximum(np.minimum(nu, _lin_upper(up_rows, dlo, dhi)), l2)
             bounds[j] = (l2, u2)
+            if clean is not None:
+                cone[j] = cone[p]
+        if record is not None and j != net.output:
+            lj, uj = bounds[j]
+            record["mid"][j] = np.stack([0.5 * (L[j][0, -1] + U[j][0, -1]), 0.5 * (lj[0] + uj[0])])
+            record["gap"][j] = np.stack([0.5 * (U[j][0, -1] - L[j][0, -1]), 0.5 * (uj[0] - lj[0])])
         for p in nd.parents:
             if last[p] == j and p != 0:
                 L.pop(p, None)
                 U.pop(p, None)
+                cone.pop(p, None)
+    return bounds, L[net.output], U[net.output]
+
+
+def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower bounds ``[B, K-1]`` of the margins over each box, and the coefficients ``[B, K-1, F]``
+    of the best forward-mode linear lower bound (a hint towards the worst corner)."""
+    net = prob.net
+    nodes = net.nodes
+    real = boxes.S >= 0
+    S = np.where(real, boxes.S, 0)
+    dlo = np.where(real, boxes.dlo, 0.0)
+    dhi = np.where(real, boxes.dhi, 0.0)
+    clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
+    bounds, lo_out, up_out = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean)
     out = net.output
-    lo_out, up_out = L[out], U[out]
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
     fwd = _lin_lower(rows, dlo, dhi)

@@ -37,6 +37,7 @@ import numpy as np
 # the importer reads these through this module (``network.DENSE_CONV_MAX``) when it runs
 MAX_DENSE = 48_000_000  # entries of one dense matrix (384 MB in float64)
 DENSE_CONV_MAX = 1_000_000  # a convolution with a larger dense matrix stays a ConvOp
+COLS_CACHE_MAX = 16_000_000  # entries of an input layer's matrix kept transposed (``Node.input_cols``)
 
 
 @dataclass
@@ -67,6 +68,22 @@ class Node:
             w = self.mats[i]
             self._cache[key] = None if w is None else (w.abs() if isinstance(w, StructuredMap) else np.abs(w))
         return self._cache[key]
+
+
+    def input_cols(self, i: int, idx: np.ndarray) -> np.ndarray:
+        """``W_i[:, idx]`` laid out as ``[*idx.shape, Dout]`` (the columns of a few free input
+        scalars). The transposed matrix is kept when it is small enough (``COLS_CACHE_MAX``):
+        every box of every input gathers its columns from it."""
+        w = self.mats[i]
+        if w is None:
+            raise ValueError("input_cols of the identity")
+        key = f"colsT{i}"
+        if key not in self._cache and w.shape[0] * w.shape[1] <= COLS_CACHE_MAX:
+            self._cache[key] = np.ascontiguousarray(as_dense(w).T)
+        wt = self._cache.get(key)
+        if wt is not None:
+            return wt[idx]
+        return np.moveaxis(cols_of(w, idx), 0, -1)
 
 
 class StructuredMap(ABC):

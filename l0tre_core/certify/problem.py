@@ -82,6 +82,7 @@ class Problem:
         self.eps: list[np.ndarray | None] | None = None
         self.final_slack = 0.0
         self.exact_arithmetic = False  # set while measuring what the float32 terms cost
+        self.light = False  # intermediate bounds by intervals past the first layer (``intermediate_bounds``)
 
     def rounding(self, j: int) -> np.ndarray | None:
         """``eps_j`` of linear node ``j``, or None."""

@@ -1,9 +1,13 @@
 """Certification: one pass, then attack and split until proven, refuted or out of time.
 
 - t = 1: the one-pass bound; then every single-pixel box (the pixel's channels free, all others
-  fixed) is bounded in one batch (forward-mode linear bounds + backward CROWN), undecided boxes
-  are bisected, and the corners/centres of undecided boxes are evaluated to find counterexamples.
-  Complete up to ``MAX_DEPTH`` bisections: proven or refuted unless time runs out.
+  fixed) is bounded in batches (forward-mode linear bounds + backward CROWN; convolutions over the
+  box's receptive-field cone only, ``certify/boxes.py``), undecided boxes are bisected, and the
+  corners/centres of undecided boxes are evaluated to find counterexamples. Complete up to
+  ``MAX_DEPTH`` bisections: proven or refuted unless time runs out. On networks wider than
+  ``LIGHT_WIDTH`` neurons the ball's intermediate bounds are light (``Problem.light``: CROWN for
+  the first layer, intervals after it): there they serve only the float32 rounding magnitudes
+  and a one-pass check that rarely proves, and full CROWN over the ball costs more than the boxes.
 - t >= 2: the one-pass bound; an attack (all single-pixel corners, then a beam search over corner
   assignments of the most sensitive pixels); then branch and bound over pixels ("p unchanged"
   versus "p changed, budget t - 1"), domains whose budget reaches 0 becoming boxes as for t = 1.
@@ -14,9 +18,10 @@
 A certificate is about the float32 network onnxruntime runs: every bound includes the float32
 rounding the network can add (``certify/float32.py``, ``Problem.prepare_float32``), and a margin
 counts as proven only when its lower bound is strictly positive (a tie with a lower-index class is
-a flip). The band is what the float32 terms cost the one-pass bound; boxes whose bound would be
-positive without them but stays inside the band after ``BAND_DEPTH`` bisections are given up:
-the verdict is then ``unknown`` with ``band`` set. A witness needs a
+a flip). The band is what the float32 terms cost a bound: a box bisected ``BAND_DEPTH`` times
+whose bound without them is positive but with them is not is given up (the search's boxes), as is
+a one-pass bound in that position (``split=False``): the verdict is then ``unknown`` with
+``band`` set. A witness needs a
 margin below ``-WITNESS_TOL`` and is re-verified (argmax, changed pixels, range) before it is
 returned; the engine verifies it again in onnxruntime.
 
@@ -48,6 +53,7 @@ MAX_CORNERS = 8
 PAIR_SWITCH_SHARE = 0.25  # t = 2: share of the time left for branch and bound before all pairs
 PAIR_SWITCH_SECONDS = 10.0  # ... and the time it gets when there is no time limit
 PAIR_CHUNK = 4096
+LIGHT_WIDTH = 4_000  # t = 1 on networks with more neurons than this: light ball bounds (``Problem.light``)
 
 
 class _Timer:
@@ -137,6 +143,10 @@ def certify(
         # a near-tie that float32 and float64 may break differently: claim nothing
         return Verdict("unknown", None, timer.elapsed(), "the clean input is a near-tie with ref")
     t = int(max(0, min(t, prob.P)))
+    # t = 1 on a wide network is decided by its single-pixel boxes: the ball's bounds are needed
+    # only for the rounding magnitudes and the one-pass check, and CROWN on every intermediate
+    # neuron of the ball would cost more than all the boxes together
+    prob.light = t == 1 and split and sum(nd.size for nd in net.nodes) > LIGHT_WIDTH
     # float32 rounding bounds from the ball: every box and domain of the search lies inside it
     bounds = prob.prepare_float32(t)
     lb, a_in, _ = spec_bounds(prob, Domains.ball(prob, t), ref, want_input=True, bounds=bounds)
@@ -148,7 +158,7 @@ def certify(
                        band=in_band)
     from l0tre_core.certify.split import _Search  # it imports this module
 
-    search = _Search(prob, ref, t, timer, lambda: _band(prob, t, ref, lb[0]))
+    search = _Search(prob, ref, t, timer)
     return search.run(lb, a_in)
 
 

@@ -14,7 +14,6 @@ The attacks are the mixin ``_Attacks`` (``certify/attacks.py``). The tuning cons
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import numpy as np
 
@@ -26,12 +25,12 @@ from l0tre_core.certify.boxes import Boxes, box_bounds
 from l0tre_core.certify.problem import Domains, Problem, pixel_terms
 from l0tre_core.certify.search import _Timer
 
+CORNER_ALL_INPUTS = 1024  # inputs up to this size: all corners of 3-scalar boxes are checked
+
 
 class _Search(_Attacks):
-    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer, band: Callable[[], np.ndarray]) -> None:
+    def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer) -> None:
         self.prob = prob
-        self._band_of = band
-        self._band: np.ndarray | None = None
         self.gave_up_band = 0
         self.net = prob.net
         self.ref = ref
@@ -41,13 +40,6 @@ class _Search(_Attacks):
         self.n_boxes = 0
         self.n_domains = 0
         self.gave_up = 0
-
-    @property
-    def band(self) -> np.ndarray:
-        """``[K-1]``: what the float32 terms cost each one-pass margin bound (computed when needed)."""
-        if self._band is None:
-            self._band = self._band_of()
-        return self._band
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -89,15 +81,26 @@ class _Search(_Attacks):
         k = np.argmin(lb[und], axis=1)
         h = hint[und, k, :]  # [U, F]
         cands = [0.5 * (ub.dlo + ub.dhi), np.where(h > 0, ub.dlo, ub.dhi)]
-        if ub.S.shape[1] <= 3:
+        # every corner too when there are few; a colour pixel's 8 corners each cost a forward
+        # pass of the whole network per box, where the hint's corner is the likely worst one
+        if ub.S.shape[1] <= 2 or (ub.S.shape[1] <= 3 and self.net.n_inputs <= CORNER_ALL_INPUTS):
             cands += self._corner_offsets(ub)
         for off in cands:
             if self.check(ub.points(prob, off)):
                 return None
         # a box float64 proves but the band does not: bisect a few times (the bound may be loose),
-        # then give it up; the true margin may lie inside the band, where splitting cannot help
-        in_band = (lb[und] + self.band).min(axis=1) > 0
-        stuck = in_band & (ub.depth >= knobs.BAND_DEPTH)
+        # then give it up; the true margin may lie inside the band, where splitting cannot help.
+        # Once a box is deep enough, the box itself is bounded without the float32 terms: the
+        # one-pass band over the ball overstates a box's band (light ball bounds even more so)
+        deep = np.nonzero(ub.depth >= knobs.BAND_DEPTH)[0]
+        stuck = np.zeros(len(ub), dtype=bool)
+        if deep.size:
+            prob.exact_arithmetic = True
+            try:
+                lb64, _ = box_bounds(prob, ub.take(deep), self.ref)
+            finally:
+                prob.exact_arithmetic = False
+            stuck[deep] = lb64.min(axis=1) > 0
         self.gave_up_band += int(stuck.sum())
         ub = ub.take(~stuck)
         # bisect along the widest free scalar
@@ -136,9 +139,8 @@ class _Search(_Attacks):
         return None
 
     def _run_t1(self) -> Verdict:
-        found, _ = self._attack_single()
-        if found:
-            return self.verdict("attack: one pixel")
+        # No separate corner attack: the boxes below check the corners of every box they cannot
+        # prove, and the engine's discrete sweep has tried every single-pixel corner already
         queue = [self._pixel_boxes(np.arange(self.prob.P))]
         res = self._drain_boxes(queue)
         detail = f"split: {self.n_boxes} boxes"

@@ -130,6 +130,54 @@ class ConvOp(StructuredMap):
             out[s : s + step] = y.reshape(y.shape[0], -1)
         return out.reshape(lead + (self.shape[0],))
 
+    def apply_local(self, x: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``W x`` for rows ``x [N, Din]`` that are zero outside ``support [N, Din]`` (bool), by
+        convolving only a window around each row's support (the receptive-field cone of a few
+        changed pixels), and a support of the result (``[N, Dout]`` bool, a superset: the
+        window). Outputs outside the window read only zeros, so they are exactly zero."""
+        n = x.shape[0]
+        c, h, w_in = self.in_shape
+        m_out, ho, wo = self.out_shape
+        kh, kw = self.w.shape[2:]
+        sh, sw = self.strides
+        dh, dw = self.dilations
+        pt, pl = self.pads[0], self.pads[1]
+        sp = support.reshape(n, c, h, w_in).any(axis=1)
+        rows_any, cols_any = sp.any(axis=2), sp.any(axis=1)
+        y0 = np.argmax(rows_any, axis=1)
+        y1 = h - 1 - np.argmax(rows_any[:, ::-1], axis=1)
+        x0 = np.argmax(cols_any, axis=1)
+        x1 = w_in - 1 - np.argmax(cols_any[:, ::-1], axis=1)
+        empty = ~rows_any.any(axis=1)  # an all-zero row: any window will do, take the smallest
+        y0, y1, x0, x1 = (np.where(empty, 0, v) for v in (y0, y1, x0, x1))
+        # outputs whose window meets [y0, y1]: oy*s - pad + k*d in it for some kernel offset k
+        oy0 = np.clip(-((-(y0 + pt - (kh - 1) * dh)) // sh), 0, ho - 1)
+        oy1 = np.clip((y1 + pt) // sh, 0, ho - 1)
+        ox0 = np.clip(-((-(x0 + pl - (kw - 1) * dw)) // sw), 0, wo - 1)
+        ox1 = np.clip((x1 + pl) // sw, 0, wo - 1)
+        hwin = int(max(1, (oy1 - oy0 + 1).max(initial=1)))
+        wwin = int(max(1, (ox1 - ox0 + 1).max(initial=1)))
+        oy0 = np.minimum(oy0, ho - hwin)
+        ox0 = np.minimum(ox0, wo - wwin)
+        ih, iw = (hwin - 1) * sh + (kh - 1) * dh + 1, (wwin - 1) * sw + (kw - 1) * dw + 1
+        hp = max(h + pt + self.pads[2], (ho - 1) * sh + (kh - 1) * dh + 1)
+        wp = max(w_in + pl + self.pads[3], (wo - 1) * sw + (kw - 1) * dw + 1)
+        xp = np.zeros((n, c, hp, wp))
+        xp[:, :, pt : pt + h, pl : pl + w_in] = x.reshape(n, c, h, w_in)
+        iy = (oy0 * sh)[:, None] + np.arange(ih)[None, :]  # padded coordinates
+        ix = (ox0 * sw)[:, None] + np.arange(iw)[None, :]
+        r = np.arange(n)[:, None, None, None]
+        win = xp[r, np.arange(c)[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+        y = _ops.conv(win, self.w, None, self.strides, [0, 0, 0, 0], self.dilations, self.group)
+        out = np.zeros((n, m_out, ho, wo))
+        oy = (oy0[:, None] + np.arange(hwin)[None, :])[:, None, :, None]
+        ox = (ox0[:, None] + np.arange(wwin)[None, :])[:, None, None, :]
+        mm = np.arange(m_out)[None, :, None, None]
+        out[r, mm, oy, ox] = y
+        reach = np.zeros((n, m_out, ho, wo), dtype=bool)
+        reach[r, mm, oy, ox] = True
+        return out.reshape(n, -1), reach.reshape(n, -1)
+
     def back(self, a: np.ndarray) -> np.ndarray:
         """``a W``: the transposed convolution of ``a [..., Dout]``."""
         lead = a.shape[:-1]
@@ -197,7 +245,7 @@ class ConvOp(StructuredMap):
         return colsu[:, inv.reshape(idx.shape)]
 
     def dense(self) -> np.ndarray:
-        return self.apply(np.eye(self.shape[1])).T
+        return self.rows(np.arange(self.shape[0]))  # from the kernel: no convolution of a basis
 
 
 
