@@ -89,12 +89,14 @@ def backward(
     dom: Domains | None = None,
     box: BoxInput | None = None,
     want_input: bool = False,
+    rounding: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Lower bound of rows over node ``start``'s values, by backward substitution to the input.
 
     The rows are ``a_start [B' or 1, R, D_start]`` (+ ``c_start``) or, for a linear ``start``,
     ``select = (idx, sign)``: ``sign * value[idx]``. Returns ``[B, R]`` (and the input
-    coefficients ``[B, R, D]`` when ``want_input``).
+    coefficients ``[B, R, D]`` when ``want_input``). ``rounding``: per linear node, a float32
+    rounding bound per domain ``[B, D_j]`` to use in place of the ball's ``Problem.rounding``.
     """
     net = prob.net
     nodes = net.nodes
@@ -121,7 +123,9 @@ def backward(
         if nd.kind == "linear":
             c = c + a @ nd.bias
             eps = prob.rounding(j)
-            if eps is not None:
+            if rounding is not None and j in rounding:
+                c = c - (np.abs(a) * rounding[j][:, None, :]).sum(axis=-1)
+            elif eps is not None:
                 c = c - np.abs(a) @ eps
             for p, w in zip(nd.parents, nd.mats):
                 if p == 0 and box is not None:
