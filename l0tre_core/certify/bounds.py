@@ -214,7 +214,10 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
     ``prob.light``: backward CROWN only for the nodes that read the input alone (exact top-k
     bounds there), interval arithmetic everywhere else. Looser but sound, and far cheaper on wide
     convolutional networks, where the t = 1 search decides by boxes and the ball's bounds serve
-    only the float32 rounding magnitudes and the one-pass check."""
+    only the float32 rounding magnitudes and the one-pass check.
+
+    Raises ``OutOfTime`` (``certify/problem.py``) between nodes and row chunks once
+    ``prob.deadline`` has passed."""
     net = prob.net
     b = len(dom)
     bounds: list[Any] = [None] * len(net.nodes)
@@ -227,6 +230,7 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
     )
     rx = _Relax(net, bounds)
     for j in range(1, net.output + (1 if set_eps else 0)):
+        prob.check_time()
         nd = net.nodes[j]
         if nd.kind != "linear":
             l, u = bounds[nd.parents[0]]
@@ -246,6 +250,7 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
         if rows.size:
             width = _max_width(net, j)
             for sl in _row_chunks(2 * rows.size, b, width):
+                prob.check_time()
                 idx2 = np.concatenate([rows, rows])[sl]
                 sign = np.concatenate([np.ones(rows.size), -np.ones(rows.size)])[sl]
                 lb, _ = backward(prob, rx, j, None, None, b, select=(idx2, sign), dom=dom)

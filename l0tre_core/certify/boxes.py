@@ -5,7 +5,8 @@
 linear bounds in the F free scalars (cheap: F + 1 rows per neuron) for the intermediate neurons,
 and backward CROWN (``certify/bounds.py``) for the specification, with the input layer restricted
 to the free columns (``BoxInput``). Sound for the network evaluated in float32, as every bound of
-``certify/bounds.py``.
+``certify/bounds.py``; each box's float32 rounding terms come from its own bounds
+(``_box_rounding``), not the ball's.
 """
 
 from __future__ import annotations
