@@ -89,12 +89,14 @@ def backward(
     dom: Domains | None = None,
     box: BoxInput | None = None,
     want_input: bool = False,
+    rounding: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Lower bound of rows over node ``start``'s values, by backward substitution to the input.
 
     The rows are ``a_start [B' or 1, R, D_start]`` (+ ``c_start``) or, for a linear ``start``,
     ``select = (idx, sign)``: ``sign * value[idx]``. Returns ``[B, R]`` (and the input
-    coefficients ``[B, R, D]`` when ``want_input``).
+    coefficients ``[B, R, D]`` when ``want_input``). ``rounding``: per linear node, a float32
+    rounding bound per domain ``[B, D_j]`` to use in place of the ball's ``Problem.rounding``.
     """
     net = prob.net
     nodes = net.nodes
@@ -121,7 +123,9 @@ def backward(
         if nd.kind == "linear":
             c = c + a @ nd.bias
             eps = prob.rounding(j)
-            if eps is not None:
+            if rounding is not None and j in rounding:
+                c = c - (np.abs(a) * rounding[j][:, None, :]).sum(axis=-1)
+            elif eps is not None:
                 c = c - np.abs(a) @ eps
             for p, w in zip(nd.parents, nd.mats):
                 if p == 0 and box is not None:
@@ -210,7 +214,10 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
     ``prob.light``: backward CROWN only for the nodes that read the input alone (exact top-k
     bounds there), interval arithmetic everywhere else. Looser but sound, and far cheaper on wide
     convolutional networks, where the t = 1 search decides by boxes and the ball's bounds serve
-    only the float32 rounding magnitudes and the one-pass check."""
+    only the float32 rounding magnitudes and the one-pass check.
+
+    Raises ``OutOfTime`` (``certify/problem.py``) between nodes and row chunks once
+    ``prob.deadline`` has passed."""
     net = prob.net
     b = len(dom)
     bounds: list[Any] = [None] * len(net.nodes)
@@ -223,6 +230,7 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
     )
     rx = _Relax(net, bounds)
     for j in range(1, net.output + (1 if set_eps else 0)):
+        prob.check_time()
         nd = net.nodes[j]
         if nd.kind != "linear":
             l, u = bounds[nd.parents[0]]
@@ -242,6 +250,7 @@ def intermediate_bounds(prob: Problem, dom: Domains, set_eps: bool = False) -> l
         if rows.size:
             width = _max_width(net, j)
             for sl in _row_chunks(2 * rows.size, b, width):
+                prob.check_time()
                 idx2 = np.concatenate([rows, rows])[sl]
                 sign = np.concatenate([np.ones(rows.size), -np.ones(rows.size)])[sl]
                 lb, _ = backward(prob, rx, j, None, None, b, select=(idx2, sign), dom=dom)

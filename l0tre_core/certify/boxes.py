@@ -5,7 +5,8 @@
 linear bounds in the F free scalars (cheap: F + 1 rows per neuron) for the intermediate neurons,
 and backward CROWN (``certify/bounds.py``) for the specification, with the input layer restricted
 to the free columns (``BoxInput``). Sound for the network evaluated in float32, as every bound of
-``certify/bounds.py``.
+``certify/bounds.py``; each box's float32 rounding terms come from its own bounds
+(``_box_rounding``), not the ball's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from l0tre_core.certify import float32
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_values
@@ -94,7 +96,7 @@ def _clean(prob: Problem) -> dict[str, Any]:
     if key not in cache:
         empty = np.full((1, 1), -1, dtype=np.int64)
         zero = np.zeros((1, 1))
-        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}}
+        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}}
         _forward(prob, empty, zero, zero, None, rec)
         cache[key] = rec
     return cache[key]
@@ -127,14 +129,70 @@ def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarra
     return mw, rw, reach.reshape(b, k, -1)[:, 0, :]
 
 
+def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
+                  dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None) -> np.ndarray | None:
+    """``[B, D_j]``: the float32 rounding of linear node ``j`` over each box, from the box's own
+    bounds on the node's inputs (float32-valid: they include every earlier node's rounding).
+
+    The same Higham model as the ball's ``_rounding_bound`` (``certify/float32.py``), with the
+    box's magnitudes in place of the ball's; both bound the real error, so the smaller is kept.
+    With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
+    the cone: outside it every value is the clean input's float32 value, which the clean box's
+    bounds contain."""
+    ball = prob.rounding(j)
+    if ball is None:
+        return None
+    nd = prob.net.nodes[j]
+    g = nd.gsum
+    b = S.shape[0]
+    if not g:
+        return np.broadcast_to(ball, (b, nd.size))
+    eps = np.broadcast_to(g * nd.bmass, (b, nd.size)).copy()
+    for i, (p, m) in enumerate(zip(nd.parents, nd.mass)):
+        w = nd.mats[i]
+        if p == 0:
+            # |x| equals |x0| but at the few free scalars
+            x0s = prob.x0[S]
+            gain = np.maximum(np.maximum(np.abs(x0s + dlo), np.abs(x0s + dhi)) - np.abs(x0s), 0.0) * real
+            if nd.abs_exact[i]:
+                key = (j, i)
+                cache = prob.__dict__.setdefault("_abs_input_terms", {})
+                if key not in cache:
+                    cache[key] = apply_mat(np.abs(prob.x0)[None], nd.mat_abs(i))[0].copy()
+                term = np.broadcast_to(cache[key], (b, nd.size)).copy()
+                if w is None:
+                    np.add.at(term, (np.broadcast_to(np.arange(b)[:, None], S.shape), S), gain)
+                else:
+                    term += np.einsum("bfd,bf->bd", np.abs(nd.input_cols(i, S)), gain)
+            else:
+                top = np.maximum(np.abs(prob.x0).max(), (np.abs(x0s) + gain).max(axis=1))
+                term = m[None, :] * top[:, None]
+        else:
+            lp, up = bounds[p]
+            mag = np.maximum(np.abs(lp), np.abs(up))
+            if not nd.abs_exact[i]:
+                term = m[None, :] * mag.max(axis=1, keepdims=True)
+            elif clean is not None and isinstance(w, ConvOp) and p in cone:
+                if (j, i) not in clean["magw"]:
+                    clean["magw"][(j, i)] = nd.mat_abs(i).apply(clean["mag"][p][None])[0]
+                diff = np.where(cone[p], mag - clean["mag"][p][None], 0.0)
+                loc, _ = nd.mat_abs(i).apply_local(diff, cone[p])
+                term = loc.reshape(b, -1) + clean["magw"][(j, i)][None]
+            else:
+                term = apply_mat(mag, nd.mat_abs(i))
+        eps += g * term
+    return np.minimum(ball[None, :], float32.SAFETY * eps)
+
+
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
-             record: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray]:
+             record: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
     With ``clean`` (``_clean``), each box's cone (the nodes its free scalars reach) is tracked and
     convolutions are evaluated over the cone only, plus the clean rows' images. ``record``: keep
-    the clean box's rows per node (``_clean``)."""
+    the clean box's rows per node (``_clean``). Also returns each linear node's float32 rounding
+    bound per box ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic)."""
     net = prob.net
     nodes = net.nodes
     b, f = S.shape
@@ -153,6 +211,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     L: dict[int, np.ndarray] = {}
     U: dict[int, np.ndarray] = {}
     cone: dict[int, np.ndarray] = {}  # [B, D_j] bool: where box rows may differ from the clean box's
+    eps_box: dict[int, np.ndarray] = {}
     rx = _Relax(net, bounds)
     last = net.last_use
     for j in range(1, len(nodes)):
@@ -209,8 +268,9 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 up_rows += mw[:, :-1] + rw[:, :-1]
                 cen += mw[:, -1]
                 rad += rw[:, -1]
-            eps = prob.rounding(j)
+            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean)
             if eps is not None:
+                eps_box[j] = eps
                 lo_rows[:, -1, :] -= eps
                 up_rows[:, -1, :] += eps
                 rad = rad + eps
@@ -256,12 +316,13 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             lj, uj = bounds[j]
             record["mid"][j] = np.stack([0.5 * (L[j][0, -1] + U[j][0, -1]), 0.5 * (lj[0] + uj[0])])
             record["gap"][j] = np.stack([0.5 * (U[j][0, -1] - L[j][0, -1]), 0.5 * (uj[0] - lj[0])])
+            record["mag"][j] = np.maximum(np.abs(lj[0]), np.abs(uj[0]))
         for p in nd.parents:
             if last[p] == j and p != 0:
                 L.pop(p, None)
                 U.pop(p, None)
                 cone.pop(p, None)
-    return bounds, L[net.output], U[net.output]
+    return bounds, L[net.output], U[net.output], eps_box
 
 
 def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +335,7 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
     dlo = np.where(real, boxes.dlo, 0.0)
     dhi = np.where(real, boxes.dhi, 0.0)
     clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
-    bounds, lo_out, up_out = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean)
+    bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean)
     out = net.output
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
@@ -289,7 +350,8 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
         rx2 = _Relax(net, sub)
         c = spec_matrix(net.n_outputs, ref)
         bi = BoxInput(S[sel], dlo[sel], dhi[sel])
-        blb, _ = backward(prob, rx2, out, c[None], None, sel.size, box=bi)
+        blb, _ = backward(prob, rx2, out, c[None], None, sel.size, box=bi,
+                          rounding={k: v[sel] for k, v in eps_box.items()})
         lb = fwd.copy()
         lb[sel] = np.maximum(fwd[sel], blb)
     if not prob.exact_arithmetic:

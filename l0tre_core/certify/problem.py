@@ -13,11 +13,13 @@ Float32 rounding enters every bound as a bounded perturbation: every linear node
 ``certify/float32.py`` and the magnitudes the node's inputs reach over the L0 ball), Sigmoid and
 Tanh add their measured allowance, and a dropped final Softmax costs ``Problem.final_slack`` off
 every margin. ``Problem.prepare_float32(t)`` sets these from the ball of size ``t``; every box and
-domain searched afterwards lies inside that ball, so the same ``eps`` holds for them.
+domain searched afterwards lies inside that ball, so the same ``eps`` holds for them (boxes
+recompute theirs from their own, tighter bounds and keep the smaller: ``certify/boxes.py``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,10 @@ from l0tre_core.certify.network import Network, Node, apply_mat
 
 # ----------------------------------------------------------------------------------------------
 # the problem: network + clean input + pixel structure
+
+
+class OutOfTime(Exception):
+    """The certification's deadline (``Problem.deadline``) passed inside a pass of bounds."""
 
 
 class Problem:
@@ -83,6 +89,13 @@ class Problem:
         self.final_slack = 0.0
         self.exact_arithmetic = False  # set while measuring what the float32 terms cost
         self.light = False  # intermediate bounds by intervals past the first layer (``intermediate_bounds``)
+        self.deadline: float | None = None  # ``time.perf_counter()`` past which long passes stop
+
+    def check_time(self) -> None:
+        """Raise ``OutOfTime`` once the deadline has passed: a pass of the ball's bounds on a wide
+        network takes seconds, and a certification must return soon after its time limit."""
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise OutOfTime()
 
     def rounding(self, j: int) -> np.ndarray | None:
         """``eps_j`` of linear node ``j``, or None."""

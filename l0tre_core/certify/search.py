@@ -42,7 +42,7 @@ import numpy as np
 from l0tre_core.certify._types import InputSet, Verdict
 from l0tre_core.certify.bounds import spec_bounds
 from l0tre_core.certify.network import Network
-from l0tre_core.certify.problem import Domains, Problem
+from l0tre_core.certify.problem import Domains, OutOfTime, Problem
 
 WITNESS_TOL = 1e-6  # a witness must have margin below -WITNESS_TOL (float32 runtimes stay safe)
 MAX_DEPTH = 40  # bisections of one box before it is given up (unknown)
@@ -147,9 +147,15 @@ def certify(
     # only for the rounding magnitudes and the one-pass check, and CROWN on every intermediate
     # neuron of the ball would cost more than all the boxes together
     prob.light = t == 1 and split and sum(nd.size for nd in net.nodes) > LIGHT_WIDTH
-    # float32 rounding bounds from the ball: every box and domain of the search lies inside it
-    bounds = prob.prepare_float32(t)
-    lb, a_in, _ = spec_bounds(prob, Domains.ball(prob, t), ref, want_input=True, bounds=bounds)
+    # a time limit also stops a pass of bounds midway (OutOfTime): the ball's bounds on a wide
+    # network take seconds; the one-pass bound without a limit always runs to the end
+    prob.deadline = timer.deadline if split else None
+    try:
+        # float32 rounding bounds from the ball: every box and domain of the search lies inside it
+        bounds = prob.prepare_float32(t)
+        lb, a_in, _ = spec_bounds(prob, Domains.ball(prob, t), ref, want_input=True, bounds=bounds)
+    except OutOfTime:
+        return Verdict("unknown", None, timer.elapsed(), "timeout in the ball's bounds")
     if lb.min() > 0:
         return Verdict("proven", None, timer.elapsed(), "one-pass" if t else "t = 0")
     if t == 0 or not split:
@@ -159,7 +165,10 @@ def certify(
     from l0tre_core.certify.split import _Search  # it imports this module
 
     search = _Search(prob, ref, t, timer)
-    return search.run(lb, a_in)
+    try:
+        return search.run(lb, a_in)
+    except OutOfTime:
+        return search.verdict(f"{search.n_boxes} boxes, timeout in a pass of bounds")
 
 
 def __getattr__(name: str) -> Any:

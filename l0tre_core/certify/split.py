@@ -26,6 +26,7 @@ from l0tre_core.certify.problem import Domains, Problem, pixel_terms
 from l0tre_core.certify.search import _Timer
 
 CORNER_ALL_INPUTS = 1024  # inputs up to this size: all corners of 3-scalar boxes are checked
+FIRST_BATCH = 8  # boxes in the first batch under a time limit: it measures the seconds per box
 
 
 class _Search(_Attacks):
@@ -40,6 +41,7 @@ class _Search(_Attacks):
         self.n_boxes = 0
         self.n_domains = 0
         self.gave_up = 0
+        self.sec_per_box: float | None = None  # of the last batch (``_drain_boxes``)
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -126,10 +128,20 @@ class _Search(_Attacks):
                 return "timeout"
             boxes = queue.pop()
             n = self._box_chunk(boxes)
+            if self.timer.deadline is not None:
+                # a batch cannot be interrupted: size it to end by the deadline, from the seconds a
+                # box took so far (a small first batch measures it)
+                if self.sec_per_box is None:
+                    n = min(n, FIRST_BATCH)
+                else:
+                    left = self.timer.deadline - time.perf_counter()
+                    n = min(n, max(1, int(left / self.sec_per_box)))
             if len(boxes) > n:
                 queue.append(boxes.take(np.arange(n, len(boxes))))
                 boxes = boxes.take(np.arange(n))
+            started = time.perf_counter()
             kids = self._process_boxes(boxes)
+            self.sec_per_box = (time.perf_counter() - started) / max(1, len(boxes))
             if kids is None:
                 return "refuted"
             if len(kids):
