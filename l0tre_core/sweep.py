@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from math import comb
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -106,13 +106,9 @@ class SearchContext:
         positions the previous batch changed are restored), so the batch the model reads is still
         in the cache and the clean input is copied once per input, not once per row."""
         pos, val = self.encoder.encode(units, values)
-        n = len(pos)
-        out = np.empty((n, self.classifier.n_classes), np.float32)
-        start = 0
-        while start < n:
-            stop = min(n, start + self.classifier.call_size(n - start))
-            out[start:stop] = self.classifier.run_flat(self._perturb(pos[start:stop], val[start:stop]))
-            start = stop
+        out = np.empty((len(pos), self.classifier.n_classes), np.float32)
+        for rows, batch in self._batches(pos, val):
+            out[rows] = self.classifier.run_flat(batch)
         return out
 
     def assess_changes(self, units: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,20 +120,24 @@ class SearchContext:
         if not (getattr(self.kernels, "device_outputs", False) and self.classifier.binds_outputs):
             return self.reduce_outputs(self.run_changes(units, values))
         pos, val = self.encoder.encode(units, values)
-        n = len(pos)
-        scores, flipped = np.empty(n, np.float64), np.empty(n, bool)
-        start = 0
-        while start < n:
-            stop = min(n, start + self.classifier.call_size(n - start))
-            batch = self._perturb(pos[start:stop], val[start:stop])
+        scores, flipped = np.empty(len(pos), np.float64), np.empty(len(pos), bool)
+        for rows, batch in self._batches(pos, val):
             out = self.classifier.run_flat_bound(batch)
-            scores[start:stop], flipped[start:stop] = self.kernels.reduce(out, self.ref, self.threat.score, self.probs)
-            start = stop
+            scores[rows], flipped[rows] = self.kernels.reduce(out, self.ref, self.threat.score, self.probs)
         return scores, flipped
 
     def reduce_outputs(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and flip flags of host outputs (``score_and_flips``: one pass)."""
         return score_and_flips(out, self.ref, self.threat.score, self.probs)
+
+    def _batches(self, pos: np.ndarray, val: np.ndarray) -> Iterator[tuple[slice, Any]]:
+        """Each model call's rows and its batch, in call sizes the classifier chooses."""
+        n = len(pos)
+        start = 0
+        while start < n:
+            stop = min(n, start + self.classifier.call_size(n - start))
+            yield slice(start, stop), self._perturb(pos[start:stop], val[start:stop])
+            start = stop
 
     def _perturb(self, pos: np.ndarray, val: np.ndarray) -> Any:
         """One model call's batch in the reused buffer (on the kernels' device)."""
@@ -327,8 +327,7 @@ class SearchContext:
             while i < len(order):
                 candidates = order[i:]
                 batch = np.repeat(adv[None], len(candidates), axis=0)
-                for row, u in enumerate(candidates):
-                    batch[row, u] = self.x_units[u]
+                batch[np.arange(len(candidates)), candidates] = self.x_units[candidates]
                 out = self.classifier.outputs(batch.reshape((len(candidates), *self.x.shape)))
                 still = flips(out, self.ref)
                 if not still.any():

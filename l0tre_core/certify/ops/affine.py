@@ -130,6 +130,16 @@ class ConvOp(StructuredMap):
             out[s : s + step] = y.reshape(y.shape[0], -1)
         return out.reshape(lead + (self.shape[0],))
 
+    def _padded_extent(self) -> tuple[int, int]:
+        """Height and width of the zero-padded input every output window reads from."""
+        _, h, w_in = self.in_shape
+        _, ho, wo = self.out_shape
+        kh, kw = self.w.shape[2:]
+        sh, sw = self.strides
+        dh, dw = self.dilations
+        return (max(h + self.pads[0] + self.pads[2], (ho - 1) * sh + (kh - 1) * dh + 1),
+                max(w_in + self.pads[1] + self.pads[3], (wo - 1) * sw + (kw - 1) * dw + 1))
+
     def apply_local(self, x: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``W x`` for rows ``x [N, Din]`` that are zero outside ``support [N, Din]`` (bool), by
         convolving only a window around each row's support (the receptive-field cone of a few
@@ -160,8 +170,7 @@ class ConvOp(StructuredMap):
         oy0 = np.minimum(oy0, ho - hwin)
         ox0 = np.minimum(ox0, wo - wwin)
         ih, iw = (hwin - 1) * sh + (kh - 1) * dh + 1, (wwin - 1) * sw + (kw - 1) * dw + 1
-        hp = max(h + pt + self.pads[2], (ho - 1) * sh + (kh - 1) * dh + 1)
-        wp = max(w_in + pl + self.pads[3], (wo - 1) * sw + (kw - 1) * dw + 1)
+        hp, wp = self._padded_extent()
         xp = np.zeros((n, c, hp, wp))
         xp[:, :, pt : pt + h, pl : pl + w_in] = x.reshape(n, c, h, w_in)
         iy = (oy0 * sh)[:, None] + np.arange(ih)[None, :]  # padded coordinates
@@ -201,8 +210,7 @@ class ConvOp(StructuredMap):
         g = self.group
         mg, cg = m // g, c // g
         a4 = a2.reshape(n, m, ho * wo)
-        hp = max(h + pt + self.pads[2], (ho - 1) * sh + (kh - 1) * dh + 1)
-        wp = max(w_in + pl + self.pads[3], (wo - 1) * sw + (kw - 1) * dw + 1)
+        hp, wp = self._padded_extent()
         out = np.zeros((n, c, hp, wp))
         for gi in range(g):
             ag = np.ascontiguousarray(a4[:, gi * mg : (gi + 1) * mg, :].transpose(0, 2, 1)).reshape(n * ho * wo, mg)
