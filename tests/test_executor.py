@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any
 
 import pytest
@@ -43,6 +44,14 @@ def test_without_ray_the_ray_executor_is_an_environment_error(monkeypatch: pytes
         res = invoke([*command, "--n", "1", "--executor", "ray", "-q"])
         assert res.exit_code == 4, res.output
         assert "--executor ray needs Ray" in res.output and "pip install 'l0tre[ray]'" in res.output
+
+
+def test_a_folder_named_ray_is_not_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray leaves /tmp/ray behind; run from /tmp, `import ray` finds that folder as an empty
+    # namespace package, a module without Ray's API
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
+    with pytest.raises(EnvironmentProblem, match=r"l0tre\[ray\]"):
+        make_executor("ray")
 
 
 def test_executor_flags_are_checked() -> None:

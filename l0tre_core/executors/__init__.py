@@ -92,7 +92,11 @@ def make_executor(name: str, address: str | None = None, *, device: str = "auto"
 def require_ray() -> None:
     """Exit code 4, saying how to install it, when Ray is not importable."""
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
+        ray = None
+    # a folder called ray on the path (Ray's own /tmp/ray, when run from /tmp) imports as an empty
+    # namespace package: that is not Ray either
+    if ray is None or not hasattr(ray, "init"):
         raise EnvironmentProblem("`executor` ray needs Ray, which is not installed", hint=RAY_INSTALL,
                                  field="executor") from None
