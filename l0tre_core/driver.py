@@ -224,6 +224,9 @@ class Driver:
                 break  # (a witness of at most t units: no method can prove this level)
             if method.guarantee == "sound" and state.lower_sound > t:
                 continue  # proven at this level before (a resumed input)
+            if _past(deadline):
+                finished = False  # out of time: a method started now could only overrun the input's limit
+                break
             phase("certify" if method.guarantee == "sound" else "sweep")
             cert = certifier.certify(ctx, t, self._certify_deadline(method, t, deadline))
             if cert.status == "proven":
@@ -239,8 +242,8 @@ class Driver:
                 finished = False
         for method in self.upper_methods:
             self._offer_sweep(ctx, t, state)
-            if state.settled:
-                break
+            if state.settled or (state.upper is not None and _past(deadline)):
+                break  # out of time with a witness in hand; without one the last resorts still run
             phase("search")
             # seeded by (run seed, input, level), never by order of arrival: resumed runs agree
             rng = np.random.default_rng([self.seed, state.index, t])
@@ -277,6 +280,10 @@ class Driver:
         limit = max(T1_CERTIFY_SECONDS, self.budget.certify_time) if t == 1 else self.budget.certify_time
         own = time.monotonic() + limit
         return own if deadline is None else min(own, deadline)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 @dataclass

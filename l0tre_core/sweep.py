@@ -18,6 +18,7 @@ DONORS = 8  # donors tried by the last resort of the upper bound (each one gives
 SYNTHETIC_DONORS = 256  # uniform-noise images classified, for a last resort without data donors
 TOP_K = 4096  # most sensitive subsets kept per level (all of them at t = 1 for images up to 64x64)
 PREFIX_BATCH = 32
+PROBE_EVALUATIONS = 256  # the first chunk of a sweep under a deadline, before this model's speed is known
 
 
 @dataclass
@@ -92,6 +93,8 @@ class SearchContext:
         # the data's inputs (canonical) and their classes, set by whoever owns the data: the upper
         # bound's last resort moves pixels towards those classified otherwise
         self.data: tuple[np.ndarray, np.ndarray] | None = None  # (inputs [N, ...], their classes)
+        # measured cost of one evaluation (seconds), for sizing chunks that end by a deadline
+        self.seconds_per_eval: float | None = None
         self._buffer: Any = None  # reused perturbation batch, clean except at _dirty
         self._dirty: Any = None
 
@@ -168,6 +171,8 @@ class SearchContext:
         """The L0-TRE step at level ``t`` (taken once; a step cut short by the deadline is
         taken again when asked again)."""
         step = self.levels.get(t)
+        if step is not None and deadline is not None and time.monotonic() >= deadline:
+            return step  # out of time: a step cut short stays as it was, not restarted for nothing
         if step is None or not (step.sensitivity.complete or step.sensitivity.flip is not None):
             step = Level(self, self.sweep(t, deadline))
             self.levels[t] = step
@@ -254,13 +259,19 @@ class SearchContext:
         keep_min = np.zeros(0, np.float64)
         cut = np.inf
         evaluated = 0
-        for r0 in range(0, total, step):
-            r1 = min(total, r0 + step)
+        r0 = 0
+        while r0 < total:
+            m = step if deadline is None else self._chunk_by(deadline, step, per_subset)
+            if m == 0:  # out of time before this chunk: the level is not complete
+                return Sensitivity(t, False, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
+            r1 = min(total, r0 + m)
             subsets = unrank_subsets(np.arange(r0, r1), n, t, table)  # [m, t]
             m = r1 - r0
             units = np.repeat(subsets, per_subset, axis=0)
             values = np.tile(assign_values, (m, 1, 1))
+            started = time.monotonic()
             scores, flipped = self.assess_changes(units, values)
+            self._clock(len(units), time.monotonic() - started)
             evaluated += len(units)
             if flipped.any():
                 i = int(np.argmax(flipped))
@@ -278,10 +289,29 @@ class SearchContext:
                 # the top k's largest score: a subset scoring above it can never enter the top k,
                 # so later chunks drop those at once instead of partitioning them again
                 cut = float(keep_min.max())
-            if deadline is not None and time.monotonic() > deadline and r1 < total:
-                return Sensitivity(t, False, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
+            r0 = r1
         keep_sub, keep_val, keep_min = _top(keep_sub, keep_val, keep_min, top_k)
         return Sensitivity(t, True, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
+
+    def _clock(self, evaluations: int, seconds: float) -> None:
+        """Record a chunk's measured seconds per evaluation (the latest chunk's: the load on
+        the machine changes as the run goes)."""
+        if evaluations:
+            self.seconds_per_eval = seconds / evaluations
+
+    def _chunk_by(self, deadline: float, step: int, per_subset: int) -> int:
+        """How many subsets the next chunk may take to end by ``deadline``: the full ``step``
+        while that fits, fewer as the deadline nears, 0 when not even one subset fits. The
+        chunk sizes only ever change under a deadline, and then only near it, so a sweep that
+        completes within its limit evaluates what an unlimited one does. Before any chunk was
+        timed, a probe of ``PROBE_EVALUATIONS`` measures this model."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return 0
+        if self.seconds_per_eval is None:
+            return max(1, min(step, PROBE_EVALUATIONS // per_subset))
+        fits = int(left / (self.seconds_per_eval * per_subset))
+        return min(step, fits)
 
     # --- upper bound ------------------------------------------------------------------------------
 
