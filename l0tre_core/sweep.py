@@ -261,7 +261,7 @@ class SearchContext:
         evaluated = 0
         r0 = 0
         while r0 < total:
-            m = step if deadline is None else self._chunk_by(deadline, step, per_subset)
+            m = step if deadline is None else self._chunk_by(deadline, step, per_subset, first=r0 == 0)
             if m == 0:  # out of time before this chunk: the level is not complete
                 return Sensitivity(t, False, None, *_ranked(keep_sub, keep_val, keep_min, self.clean_score), evaluated)
             r1 = min(total, r0 + m)
@@ -299,19 +299,23 @@ class SearchContext:
         if evaluations:
             self.seconds_per_eval = seconds / evaluations
 
-    def _chunk_by(self, deadline: float, step: int, per_subset: int) -> int:
+    def _chunk_by(self, deadline: float, step: int, per_subset: int, first: bool = False) -> int:
         """How many subsets the next chunk may take to end by ``deadline``: the full ``step``
-        while that fits, fewer as the deadline nears, 0 when not even one subset fits. The
-        chunk sizes only ever change under a deadline, and then only near it, so a sweep that
-        completes within its limit evaluates what an unlimited one does. Before any chunk was
-        timed, a probe of ``PROBE_EVALUATIONS`` measures this model."""
+        while that fits, fewer as the deadline nears, 0 when not even one subset fits.
+
+        A sweep that is asked for always makes progress: its ``first`` chunk runs whatever the
+        deadline, as it always did (a full one once the deadline has passed: at t = 1 on images
+        of up to 2,048 units, the whole sweep; at least one subset otherwise). Before any chunk of
+        this input was timed, the first chunk is a probe of ``PROBE_EVALUATIONS`` that measures
+        the model. Chunk sizes only ever change under a deadline, and then only near it, so a
+        sweep that completes within its limit evaluates what an unlimited one does."""
         left = deadline - time.monotonic()
         if left <= 0:
-            return 0
+            return step if first else 0
         if self.seconds_per_eval is None:
             return max(1, min(step, PROBE_EVALUATIONS // per_subset))
-        fits = int(left / (self.seconds_per_eval * per_subset))
-        return min(step, fits)
+        fits = min(step, int(left / (self.seconds_per_eval * per_subset)))
+        return max(1, fits) if first else fits
 
     # --- upper bound ------------------------------------------------------------------------------
 

@@ -106,13 +106,14 @@ def test_a_tiny_limit_evaluates_less_and_claims_nothing_false(problem: tuple[Any
             assert clf.predict(adv[None])[0] != a.reference
 
 
-def test_a_sweep_past_its_deadline_evaluates_nothing_and_is_incomplete(problem: tuple[Any, Any]) -> None:
+def test_a_sweep_past_its_deadline_takes_its_first_chunk_only(problem: tuple[Any, Any]) -> None:
+    """A sweep asked for makes progress (its first chunk, as before), and no more once out of time."""
     clf, data = problem
-    ctx = _context(clf, data)
+    ctx = _context(clf, data, 2, chunk=256)
     before = clf.evaluations
     sens = ctx.sweep(2, time.monotonic() - 1.0)
-    assert sens.evaluated == 0 and clf.evaluations == before
-    assert not sens.complete and sens.flip is None
+    assert sens.evaluated == 256 and clf.evaluations - before == 256  # one chunk of 64 pairs x |V|^2
+    assert not sens.complete and sens.flip is None and len(sens.subsets) == 64
 
 
 def test_chunks_shrink_to_end_by_the_deadline(problem: tuple[Any, Any]) -> None:
@@ -124,6 +125,8 @@ def test_chunks_shrink_to_end_by_the_deadline(problem: tuple[Any, Any]) -> None:
     m = ctx._chunk_by(time.monotonic() + 1.0, 64, 4)
     assert 1 <= m <= 25  # what fits in the second left, never more
     assert ctx._chunk_by(time.monotonic() + 0.01, 64, 4) == 0  # not one subset fits
+    assert ctx._chunk_by(time.monotonic() + 0.01, 64, 4, first=True) == 1  # a sweep's first chunk: some progress
+    assert ctx._chunk_by(time.monotonic() - 1.0, 64, 4, first=True) == 64  # past the deadline: as it always was
 
 
 def test_a_sweep_done_within_its_limit_equals_the_unlimited_one(problem: tuple[Any, Any]) -> None:
@@ -147,10 +150,10 @@ def test_a_sweep_done_within_its_limit_equals_the_unlimited_one(problem: tuple[A
 
 def test_a_step_cut_short_is_not_restarted_after_the_deadline(problem: tuple[Any, Any]) -> None:
     clf, data = problem
-    ctx = _context(clf, data, 2)
+    ctx = _context(clf, data, 2, chunk=256)
     spent = time.monotonic() - 1.0
     step = ctx.level(2, spent)
-    assert not step.sensitivity.complete and step.sensitivity.evaluated == 0
+    assert not step.sensitivity.complete and step.sensitivity.evaluated == 256
     before = clf.evaluations
     assert ctx.level(2, spent) is step  # asked again after the deadline: the same step, no work
     assert clf.evaluations == before
