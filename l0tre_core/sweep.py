@@ -169,7 +169,7 @@ class SearchContext:
 
     def level(self, t: int, deadline: float | None) -> Level:
         """The L0-TRE step at level ``t`` (taken once; a step cut short by the deadline is
-        taken again when asked again)."""
+        taken again when asked again before the deadline, and left as it is after it)."""
         step = self.levels.get(t)
         if step is not None and deadline is not None and time.monotonic() >= deadline:
             return step  # out of time: a step cut short stays as it was, not restarted for nothing
@@ -307,8 +307,10 @@ class SearchContext:
         deadline, as it always did (a full one once the deadline has passed: at t = 1 on images
         of up to 2,048 units, the whole sweep; at least one subset otherwise). Before any chunk of
         this input was timed, the first chunk is a probe of ``PROBE_EVALUATIONS`` that measures
-        the model. Chunk sizes only ever change under a deadline, and then only near it, so a
-        sweep that completes within its limit evaluates what an unlimited one does."""
+        the model. Chunk sizes only change under a deadline (the probe, and the chunks near the
+        deadline); a sweep that completes within its limit evaluates what an unlimited one does,
+        in the same order, so it meets the same flip and keeps the same ranking (up to ties at
+        the top k's last score, which ``_top`` breaks by position)."""
         left = deadline - time.monotonic()
         if left <= 0:
             return step if first else 0
