@@ -309,8 +309,8 @@ class SearchContext:
         this input was timed, the first chunk is a probe of ``PROBE_EVALUATIONS`` that measures
         the model. Chunk sizes only change under a deadline (the probe, and the chunks near the
         deadline); a sweep that completes within its limit evaluates what an unlimited one does,
-        in the same order, so it meets the same flip and keeps the same ranking (up to ties at
-        the top k's last score, which ``_top`` breaks by position)."""
+        in the same order, so it meets the same flip and keeps the same ranking (up to exact ties
+        at the top k's last score, where ``_top``'s partition may keep another of the tied)."""
         left = deadline - time.monotonic()
         if left <= 0:
             return step if first else 0
