@@ -12,7 +12,8 @@ exit code 1 if any certificate is false (or any witness is bad).
 
 ``--network FAMILY:SEED`` reruns one network and prints its reproducers in full. ``--cones`` forces
 the code paths of wide networks onto these tiny ones (convolutions bounded over each box's cone,
-light ball bounds at t = 1: ``test_soundness_harness.cone_paths``).
+light ball bounds at t = 1: ``test_soundness_harness.cone_paths``). ``--cover`` forces the covering
+blocks at t >= 2, every block bounded however many pixels it frees (``cover_paths``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="one line per network")
     ap.add_argument("--cones", action="store_true", help="force the wide networks' code paths: every Conv a ConvOp "
                     "(boxes bounded over their cones) and light ball bounds at t = 1")
+    ap.add_argument("--cover", action="store_true", help="force the covering blocks at t >= 2, every block "
+                    "bounded however large (blocks outside the ball the float32 terms were prepared for)")
     args = ap.parse_args(argv)
 
     families = [f for f in args.families.split(",") if f]
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown families {unknown} (known: {', '.join(nb.FAMILIES)})")
     kw = dict(n_inputs=args.inputs, max_t=args.max_t, certify_time=args.certify_time, input_time=args.input_time,
-              cones=args.cones)
+              cones=args.cones, cover=args.cover)
     work = Path(tempfile.mkdtemp(prefix="l0tre-soundness-"))
     if args.network:
         fam, seed = args.network.split(":")

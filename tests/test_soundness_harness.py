@@ -123,13 +123,29 @@ def cone_paths() -> Iterator[None]:
         network.DENSE_CONV_MAX, search.LIGHT_WIDTH = saved
 
 
+@contextlib.contextmanager
+def cover_paths() -> Iterator[None]:
+    """Force the covering blocks (``certify/cover.py``) at t >= 2, with shares so large that blocks
+    free many more pixels than t and are all bounded (none split unbounded): the proofs then rest
+    on blocks outside the ball the float32 terms were prepared for (their own terms)."""
+    from l0tre_core.certify import search
+
+    saved = search.COVER_SWITCH_SHARE, search.COVER_SHARE, search.COVER_HOPELESS
+    search.COVER_SWITCH_SHARE, search.COVER_SHARE, search.COVER_HOPELESS = 0.0, 50.0, float("inf")
+    try:
+        yield
+    finally:
+        search.COVER_SWITCH_SHARE, search.COVER_SHARE, search.COVER_HOPELESS = saved
+
+
 def check_network(family: str, seed: int, folder: str | Path, *, n_inputs: int = 4, max_t: int = 2,
                   certify_time: float = 1.0, input_time: float = 2.0, grid_budget: int = 40_000, host: Any = None,
-                  cones: bool = False) -> NetResult:
+                  cones: bool = False, cover: bool = False) -> NetResult:
     """Generate one network, run l0tre on its inputs, check every claim with the oracle
-    (``cones``: with the wide networks' code paths forced, ``cone_paths``)."""
-    if cones:
-        with cone_paths():
+    (``cones``: with the wide networks' code paths forced, ``cone_paths``; ``cover``: with the
+    covering blocks forced at t >= 2, ``cover_paths``)."""
+    if cones or cover:
+        with cone_paths() if cones else contextlib.nullcontext(), cover_paths() if cover else contextlib.nullcontext():
             return check_network(family, seed, folder, n_inputs=n_inputs, max_t=max_t, certify_time=certify_time,
                                  input_time=input_time, grid_budget=grid_budget, host=host)
     from helpers import write_npz
@@ -347,6 +363,18 @@ def test_sound_certificates_hold_on_cone_paths(family: str, seed: int, tmp_path:
     res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cones=True)
     if res.findings:
         pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec} (cone paths):\n"
+                    + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
+
+
+# networks run again with the covering blocks forced at t = 2 (``cover_paths``)
+COVER_NETWORKS = [("cnn", 2), ("cnn", 5), ("mlp", 3), ("residual", 4), ("logits1024", 1), ("sigmoid_out", 2)]
+
+
+@pytest.mark.parametrize("family,seed", COVER_NETWORKS, ids=[f"{f}-{s}" for f, s in COVER_NETWORKS])
+def test_sound_certificates_hold_on_cover_paths(family: str, seed: int, tmp_path: Path, host: Any) -> None:
+    res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cover=True)
+    if res.findings:
+        pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec} (cover paths):\n"
                     + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
 
 

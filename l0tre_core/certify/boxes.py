@@ -77,14 +77,17 @@ class Boxes:
 
 
 def _lin_lower(rows: np.ndarray, dlo: np.ndarray, dhi: np.ndarray) -> np.ndarray:
-    """``rows [B, F+1, D]`` (last row constant) -> least value over the delta box ``[B, D]``."""
+    """``rows [B, F+1, D]`` (last row constant) -> least value over the delta box ``[B, D]``:
+    centre minus radius, two batched products instead of two full products and a minimum."""
     co = rows[:, :-1, :]
-    return rows[:, -1, :] + np.minimum(co * dlo[:, :, None], co * dhi[:, :, None]).sum(axis=1)
+    return (rows[:, -1, :] + np.einsum("bfd,bf->bd", co, 0.5 * (dlo + dhi))
+            - np.einsum("bfd,bf->bd", np.abs(co), 0.5 * (dhi - dlo)))
 
 
 def _lin_upper(rows: np.ndarray, dlo: np.ndarray, dhi: np.ndarray) -> np.ndarray:
     co = rows[:, :-1, :]
-    return rows[:, -1, :] + np.maximum(co * dlo[:, :, None], co * dhi[:, :, None]).sum(axis=1)
+    return (rows[:, -1, :] + np.einsum("bfd,bf->bd", co, 0.5 * (dlo + dhi))
+            + np.einsum("bfd,bf->bd", np.abs(co), 0.5 * (dhi - dlo)))
 
 
 def _clean(prob: Problem) -> dict[str, Any]:
@@ -106,36 +109,46 @@ def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarra
                 clean: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``W mid`` and ``|W| gap`` for a convolution parent, as the clean rows' images plus the
     convolution of the difference over each box's cone only (zero outside it by construction:
-    there every value equals the clean box's). Returns them and the cone of the result."""
+    there every value equals the clean box's). Returns them and the cone of the result.
+
+    A free scalar's coefficient rows are zero outside that scalar's own cone, which is far smaller
+    than the box's (the union over its scalars): they are convolved apart, each over its own
+    support, so a block of many spread-out pixels costs little more per scalar than one pixel."""
     b, k, dp = mid.shape
-    dm = mid.copy()
-    dg = gap.copy()
-    dm[:, -2:, :] -= clean["mid"][p][None]
-    dg[:, -2:, :] -= clean["gap"][p][None]
-    m3 = mask[:, None, :]
-    dm = np.where(m3, dm, 0.0).reshape(b * k, dp)
-    dg = np.where(m3, dg, 0.0).reshape(b * k, dp)
-    rep = np.repeat(mask, k, axis=0)
+    f = k - 2
     w = nd.mats[i]
+    wa = nd.mat_abs(i)
+    mw = np.empty((b, k, nd.size))
+    rw = np.empty((b, k, nd.size))
+    if f:
+        cm = mid[:, :f].reshape(b * f, dp)
+        cg = gap[:, :f].reshape(b * f, dp)
+        sup = (cm != 0) | (cg != 0)
+        mw[:, :f] = w.apply_local(cm, sup)[0].reshape(b, f, -1)
+        rw[:, :f] = wa.apply_local(cg, sup)[0].reshape(b, f, -1)
+    dm = np.where(mask[:, None, :], mid[:, f:] - clean["mid"][p][None], 0.0).reshape(b * 2, dp)
+    dg = np.where(mask[:, None, :], gap[:, f:] - clean["gap"][p][None], 0.0).reshape(b * 2, dp)
+    rep = np.repeat(mask, 2, axis=0)
     lm, reach = w.apply_local(dm, rep)
-    lg, _ = nd.mat_abs(i).apply_local(dg, rep)
-    mw = lm.reshape(b, k, -1)
-    rw = lg.reshape(b, k, -1)
+    lg, _ = wa.apply_local(dg, rep)
     if (j, i) not in clean["mw"]:
         clean["mw"][(j, i)] = w.apply(clean["mid"][p])
-        clean["rw"][(j, i)] = nd.mat_abs(i).apply(clean["gap"][p])
-    mw[:, -2:, :] += clean["mw"][(j, i)][None]
-    rw[:, -2:, :] += clean["rw"][(j, i)][None]
-    return mw, rw, reach.reshape(b, k, -1)[:, 0, :]
+        clean["rw"][(j, i)] = wa.apply(clean["gap"][p])
+    mw[:, f:] = lm.reshape(b, 2, -1) + clean["mw"][(j, i)][None]
+    rw[:, f:] = lg.reshape(b, 2, -1) + clean["rw"][(j, i)][None]
+    return mw, rw, reach.reshape(b, 2, -1)[:, 0, :]
 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
-                  dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None) -> np.ndarray | None:
+                  dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None,
+                  inside_ball: bool = True) -> np.ndarray | None:
     """``[B, D_j]``: the float32 rounding of linear node ``j`` over each box, from the box's own
     bounds on the node's inputs (float32-valid: they include every earlier node's rounding).
 
     The same Higham model as the ball's ``_rounding_bound`` (``certify/float32.py``), with the
-    box's magnitudes in place of the ball's; both bound the real error, so the smaller is kept.
+    box's magnitudes in place of the ball's; both bound the real error, so the smaller is kept
+    (``inside_ball``; a block with more free pixels than the ball's ``t`` leaves the ball, and only
+    its own terms hold for it).
     With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
     the cone: outside it every value is the clean input's float32 value, which the clean box's
     bounds contain."""
@@ -181,11 +194,13 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
             else:
                 term = apply_mat(mag, nd.mat_abs(i))
         eps += g * term
-    return np.minimum(ball[None, :], float32.SAFETY * eps)
+    own = float32.SAFETY * eps
+    return np.minimum(ball[None, :], own) if inside_ball else own
 
 
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
-             record: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+             record: dict[str, Any] | None = None,
+             inside_ball: bool = True) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
@@ -268,7 +283,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 up_rows += mw[:, :-1] + rw[:, :-1]
                 cen += mw[:, -1]
                 rad += rw[:, -1]
-            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean)
+            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball)
             if eps is not None:
                 eps_box[j] = eps
                 lo_rows[:, -1, :] -= eps
@@ -325,9 +340,13 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     return bounds, L[net.output], U[net.output], eps_box
 
 
-def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.ndarray]:
+def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Lower bounds ``[B, K-1]`` of the margins over each box, and the coefficients ``[B, K-1, F]``
-    of the best forward-mode linear lower bound (a hint towards the worst corner)."""
+    of the best forward-mode linear lower bound (a hint towards the worst corner).
+
+    ``inside_ball=False``: the boxes may free more pixels than the ball ``prob`` was prepared for
+    (``Problem.prepare_float32``), so none of the ball's float32 terms is used: each box's rounding
+    and its final-Softmax slack come from its own bounds."""
     net = prob.net
     nodes = net.nodes
     real = boxes.S >= 0
@@ -335,7 +354,7 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
     dlo = np.where(real, boxes.dlo, 0.0)
     dhi = np.where(real, boxes.dhi, 0.0)
     clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
-    bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean)
+    bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean, inside_ball=inside_ball)
     out = net.output
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
@@ -355,5 +374,14 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int) -> tuple[np.ndarray, np.nd
         lb = fwd.copy()
         lb[sel] = np.maximum(fwd[sel], blb)
     if not prob.exact_arithmetic:
-        lb = lb - prob.final_slack
+        lb = lb - (prob.final_slack if inside_ball else _final_slack(prob, bounds)[:, None])
     return lb, hint
+
+
+def _final_slack(prob: Problem, bounds: list[Any]) -> np.ndarray:
+    """``[B]``: the final Softmax's slack (``Problem.prepare_float32``'s formula) from each box's
+    own output magnitudes."""
+    if prob.net.final is None:
+        return np.zeros(bounds[0][0].shape[0])
+    mags = float32.magnitudes(bounds)
+    return float32.FINAL_ALLOWANCE + float32.SAFETY * 4 * float32.U * float32.output_magnitude(prob.net, mags)

@@ -11,9 +11,11 @@
 - t >= 2: the one-pass bound; an attack (all single-pixel corners, then a beam search over corner
   assignments of the most sensitive pixels); then branch and bound over pixels ("p unchanged"
   versus "p changed, budget t - 1"), domains whose budget reaches 0 becoming boxes as for t = 1.
-  At t = 2, when branch and bound has not finished within ``PAIR_SWITCH_SHARE`` of the time left,
-  every pair of pixels is bounded as a box instead (complete, about C(P, 2) boxes: minutes on a
-  small MNIST CNN, where branch and bound on one-pass bounds makes little progress).
+  When branch and bound has not finished within ``COVER_SWITCH_SHARE`` of the time left (or at
+  once, when the one-pass bound is below ``-COVER_DIRECT`` clean margins), covering blocks take
+  over (``certify/cover.py``: Calzone's blocks of many free pixels, each proving all its
+  t-subsets, split down to t-pixel boxes where they fail; complete): on CNNs, branch and bound on
+  one-pass bounds makes little progress.
 
 A certificate is about the float32 network onnxruntime runs: every bound includes the float32
 rounding the network can add (``certify/float32.py``, ``Problem.prepare_float32``), and a margin
@@ -28,7 +30,7 @@ returned; the engine verifies it again in onnxruntime.
 This module holds the entry points (``certify``, ``margin_lower_bounds``, ``proof_margins``), the
 one-pass verdict and the tuning constants below; the search itself is ``_Search`` in
 ``certify/split.py`` (its attacks in ``certify/attacks.py``), which reads the constants through
-this module (setting ``search.PAIR_SWITCH_SHARE`` takes effect). ``_Search`` is re-exported here
+this module (setting ``search.COVER_SWITCH_SHARE`` takes effect). ``_Search`` is re-exported here
 on first use (``certify/split.py`` imports this module).
 """
 
@@ -50,9 +52,12 @@ BAND_DEPTH = 8  # bisections of a box that float64 proves but the float32 band d
 BOX_CHUNK_FLOATS = 12_000_000
 DOMAIN_BATCH = 8
 MAX_CORNERS = 8
-PAIR_SWITCH_SHARE = 0.25  # t = 2: share of the time left for branch and bound before all pairs
-PAIR_SWITCH_SECONDS = 10.0  # ... and the time it gets when there is no time limit
-PAIR_CHUNK = 4096
+COVER_SWITCH_SHARE = 0.1  # t >= 2: share of the time left for branch and bound before covering blocks
+COVER_SWITCH_SECONDS = 10.0  # ... and the time it gets when there is no time limit
+COVER_DIRECT = 1.0  # ... none when the one-pass bound is below minus this many clean margins
+COVER_SHARE = 0.8  # a task's predicted load at most (``cover._Cover._load``: the pixels' summed costs, in clean margins)
+COVER_HOPELESS = 1.2  # a task predicted above this is split without being bounded
+COVER_MAX_GROUP = 128  # pixels per group at most
 LIGHT_WIDTH = 4_000  # t = 1 on networks with more neurons than this: light ball bounds (``Problem.light``)
 
 

@@ -4,10 +4,10 @@
   along their widest free scalar (``_process_boxes``, ``_drain_boxes``);
 - t >= 2: branch and bound over pixels ("p unchanged" versus "p changed, budget t - 1") on
   generalised domains (``spec_bounds``), domains whose budget reaches 0 becoming boxes;
-- t = 2: every pair of pixels as a box (``_run_pairs``) once branch and bound has used its share
-  of the time.
+  once it has used its share of the time, the covering blocks of ``certify/cover.py`` (complete:
+  every t-subset of pixels lies in a proven block or ends as a box).
 
-The attacks are the mixin ``_Attacks`` (``certify/attacks.py``). The tuning constants live in
+The attacks are the mixin ``_Attacks`` (``certify/attacks.py``), the blocks ``_Cover``. The tuning constants live in
 ``certify/search.py`` and are read through it (``knobs``) when used.
 """
 
@@ -22,6 +22,7 @@ from l0tre_core.certify._types import Verdict
 from l0tre_core.certify.attacks import _Attacks
 from l0tre_core.certify.bounds import spec_bounds
 from l0tre_core.certify.boxes import Boxes, box_bounds
+from l0tre_core.certify.cover import _Cover
 from l0tre_core.certify.problem import Domains, Problem, pixel_terms
 from l0tre_core.certify.search import _Timer
 
@@ -29,7 +30,7 @@ CORNER_ALL_INPUTS = 1024  # inputs up to this size: all corners of 3-scalar boxe
 FIRST_BATCH = 8  # boxes in the first batch under a time limit: it measures the seconds per box
 
 
-class _Search(_Attacks):
+class _Search(_Attacks, _Cover):
     def __init__(self, prob: Problem, ref: int, t: int, timer: _Timer) -> None:
         self.prob = prob
         self.gave_up_band = 0
@@ -42,6 +43,11 @@ class _Search(_Attacks):
         self.n_domains = 0
         self.gave_up = 0
         self.sec_per_box: float | None = None  # of the last batch (``_drain_boxes``)
+        self.n_tasks = 0  # covering tasks at the start, blocks bounded, seconds per block (``_Cover``)
+        self.n_blocks = 0
+        self.sec_per_block: float | None = None
+        self.n_presplit = 0
+        self.n_block_scalars = 0
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -212,20 +218,24 @@ class _Search(_Attacks):
         if self._attack_beam(single):
             return self.verdict("attack: beam")
         prob = self.prob
+        z0 = self.net.forward(prob.x0[None])[0]
+        if lb.min() < -knobs.COVER_DIRECT * float(z0[self.ref] - np.delete(z0, self.ref).max()):
+            # the one-pass bound is off by more than the clean margin (CNNs): branch and bound on
+            # the ball's bounds would not finish; the blocks start at once
+            return self._cover_verdict()
         stack: list[Domains] = [Domains.ball(prob, self.t)]
         boxq: list[Boxes] = []
         first = True
-        # t = 2: branch and bound gets a share of the time; if it has not finished by then, every
-        # pair of pixels is bounded as a box instead (predictable cost, complete)
-        switch_at = None
-        if self.t == 2:
-            rest = knobs.PAIR_SWITCH_SECONDS if self.timer.deadline is None else (self.timer.deadline - time.perf_counter())
-            switch_at = time.perf_counter() + knobs.PAIR_SWITCH_SHARE * max(0.0, rest)
+        # branch and bound gets a share of the time (one-pass bounds prove MLPs quickly); if it has
+        # not finished by then, the covering blocks take over (complete, and far faster on CNNs,
+        # where the ball's bounds are loose and branch and bound makes little progress)
+        rest = knobs.COVER_SWITCH_SECONDS if self.timer.deadline is None else (self.timer.deadline - time.perf_counter())
+        switch_at = time.perf_counter() + knobs.COVER_SWITCH_SHARE * max(0.0, rest)
         while stack or boxq:
             if self.timer.out():
                 return self.verdict(f"split: {self.n_domains} domains, {self.n_boxes} boxes, timeout")
-            if switch_at is not None and time.perf_counter() >= switch_at:
-                return self._run_pairs()
+            if time.perf_counter() >= switch_at:
+                return self._cover_verdict()
             if boxq and (not stack or sum(len(b) for b in boxq) >= 64):
                 res = self._drain_boxes(boxq, all_=not stack)
                 if res == "refuted":
@@ -292,30 +302,12 @@ class _Search(_Attacks):
                 stack.append(Domains.concat(force_kids))
         return self.settled(f"split: {self.n_domains} domains, {self.n_boxes} boxes")
 
-    # -- every pair of pixels (t = 2) ---------------------------------------------------------------
-    def _run_pairs(self) -> Verdict:
-        prob = self.prob
-        P = prob.P
-        singles_needed = not bool(np.all((prob.lo <= prob.x0) & (prob.x0 <= prob.hi)))
-        iu, ju = np.triu_indices(P, k=1)
-        total = iu.size
-        queue: list[Boxes] = []
-        if singles_needed:
-            # a pair box holds "only one of them changed" only when every box holds x0
-            queue.append(self._pixel_boxes(np.arange(P)))
-        done = 0
-        while done < total or queue:
-            if self.timer.out():
-                return self.verdict(f"pairs: {done}/{total} enumerated, {self.n_boxes} boxes, timeout")
-            if not queue:
-                sel = slice(done, min(total, done + knobs.PAIR_CHUNK))
-                done = sel.stop
-                a, b = self._pixel_boxes(iu[sel]), self._pixel_boxes(ju[sel])
-                queue.append(Boxes(np.concatenate([a.S, b.S], axis=1), np.concatenate([a.dlo, b.dlo], axis=1),
-                                   np.concatenate([a.dhi, b.dhi], axis=1), np.zeros(a.S.shape[0], dtype=np.int64)))
-            res = self._drain_boxes(queue, all_=False)
-            if res == "refuted":
-                return self.verdict(f"pairs: {self.n_boxes} boxes")
-            if res == "timeout":
-                return self.verdict(f"pairs: {done}/{total} enumerated, {self.n_boxes} boxes, timeout")
-        return self.settled(f"pairs: {total} pairs, {self.n_boxes} boxes")
+    # -- covering blocks (t >= 2) ---------------------------------------------------------------------
+    def _cover_verdict(self) -> Verdict:
+        res = self._run_cover()
+        detail = f"cover: {self.n_tasks} tasks, {self.n_blocks} blocks of {self.n_block_scalars} scalars ({self.n_presplit} split unbounded), {self.n_boxes} boxes"
+        if res == "refuted":
+            return self.verdict(detail)
+        if res == "timeout":
+            return self.verdict(detail + ", timeout")
+        return self.settled(detail)

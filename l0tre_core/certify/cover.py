@@ -1,0 +1,322 @@
+"""Covering blocks for t >= 2 (the mixin ``_Cover`` of ``_Search``): Calzone's idea, sized by the
+pixels' sensitivity.
+
+The L0 ball of size t is the union of the boxes that free t given pixels; a *block* that frees
+more pixels at once holds every such box inside it, so one proven block proves all the t-subsets
+of its pixels (C(k, t) boxes for the price of one, about k times dearer). Pixels are sorted by
+their worst-case effect in the one-pass bound and cut into groups, insensitive pixels in large
+groups and sensitive ones in small groups (``groups``). A *task* is a multiset of t groups: the
+t-subsets with one pixel in each, bounded as the block of their union. The tasks over all
+multisets of the groups cover every t-subset. A task not proven is split: its largest group into
+halves, each way its members can fall into them, until its block has at most t pixels; those
+leaves are ordinary boxes, bisected and attacked by ``_Search._process_boxes``.
+
+A block leaves the ball the float32 terms were prepared for (``Problem.prepare_float32(t)``), so
+blocks are bounded with their own rounding terms only (``box_bounds(..., inside_ball=False)``).
+A failing block also proposes the point made of its t worst pixels (the forward-mode hint's), a
+real member of the L0 set, checked like every candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+from l0tre_core.certify import search as knobs
+from l0tre_core.certify.boxes import Boxes, box_bounds
+
+if TYPE_CHECKING:
+    from l0tre_core.certify.problem import Problem
+
+Group = tuple[int, int]  # a range [a, b) of the pixels sorted by sensitivity
+Task = tuple[Group, ...]  # t groups, sorted; equal groups repeat
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line of the affine plane over the groups (t = 2), or a piece of one: its block covers
+    every pair across two of its groups, and the pairs inside the groups it ``owns``."""
+
+    parts: tuple[Group, ...]
+    owns: tuple[Group, ...]
+
+
+@dataclass(frozen=True)
+class Cross:
+    """The pairs with one pixel in a group of ``a`` and one in a group of ``b`` (t = 2)."""
+
+    a: tuple[Group, ...]
+    b: tuple[Group, ...]
+
+
+Job = Union[Task, Line, Cross]
+
+
+def groups(load: np.ndarray, share: float, max_size: int) -> list[Group]:
+    """Cut the pixels, in order, into consecutive groups whose summed ``load [P, R]`` stays within
+    ``share`` in every row and whose size stays within ``max_size``; a pixel over the share on its
+    own is a group of one."""
+    out: list[Group] = []
+    start = 0
+    acc = np.zeros(load.shape[1])
+    for i in range(load.shape[0]):
+        if i > start and ((acc + load[i]).max() > share or i - start >= max_size):
+            out.append((start, i))
+            start, acc = i, np.zeros(load.shape[1])
+        acc += load[i]
+    if start < load.shape[0]:
+        out.append((start, int(load.shape[0])))
+    return out
+
+
+def initial_tasks(parts: list[Group], t: int) -> list[Task]:
+    """Every multiset of ``t`` groups that holds a t-subset (a group repeated r times needs r pixels)."""
+    return [task for task in (tuple(parts[i] for i in c) for c in combinations_with_replacement(range(len(parts)), t))
+            if _feasible(task)]
+
+
+def _feasible(task: Task) -> bool:
+    return all(b - a >= task.count((a, b)) for (a, b) in set(task))
+
+
+def members(job: Job) -> set[Group]:
+    if isinstance(job, Line):
+        return set(job.parts)
+    if isinstance(job, Cross):
+        return set(job.a) | set(job.b)
+    return set(job)
+
+
+def _pixels(gs: tuple[Group, ...]) -> int:
+    return sum(b - a for (a, b) in gs)
+
+
+def block_size(job: Job) -> int:
+    return sum(b - a for (a, b) in members(job))
+
+
+def kids(job: Job) -> list[Job]:
+    """What covers a job whose block failed, in smaller blocks: a line's groups in halves (the
+    lighter groups apart from the heavier, where a line usually fails) and the pairs across them;
+    a cross its larger side in halves; a task its ``split``. A child with the parent's block (the
+    cross of a line's halves, the task of a cross of two groups) is split again at once."""
+    if isinstance(job, Line):
+        if len(job.parts) == 1:
+            g = job.parts[0]
+            return split((g, g)) if job.owns and g[1] - g[0] >= 2 else []
+        parts = tuple(sorted(job.parts))
+        h = len(parts) // 2
+        lo, hi = parts[:h], parts[h:]
+        return ([Line(lo, tuple(g for g in job.owns if g in lo)), Line(hi, tuple(g for g in job.owns if g in hi))]
+                + kids(Cross(lo, hi)))
+    if isinstance(job, Cross):
+        if len(job.a) == 1 and len(job.b) == 1:  # the task of these two groups: the same block
+            return split(tuple(sorted((job.a[0], job.b[0]))))
+        a, b = (job.a, job.b) if (len(job.b) == 1 or (len(job.a) > 1 and _pixels(job.a) >= _pixels(job.b))) else (job.b, job.a)
+        h = len(a) // 2
+        return [Cross(a[:h], b), Cross(a[h:], b)]
+    return list(split(job))
+
+
+def _primes_from(q: int):  # type: ignore[no-untyped-def]
+    while True:
+        if q >= 2 and all(q % d for d in range(2, int(q**0.5) + 1)):
+            yield q
+        q += 1
+
+
+def plane(load: np.ndarray, share: float, max_size: int) -> list[Line]:
+    """t = 2: the groups as the points of the affine plane AG(2, q), q prime, and its q^2 + q
+    lines as blocks. Every pair of points lies on exactly one line, and each point on q + 1 lines,
+    where pairs of groups put each point in one block per other group: for blocks of the same
+    load, about half the scalars to bound. q is the least prime whose plane holds the groups cut at
+    ``share / q`` (so a line's q groups stay within ``share``); the vertical lines own the pairs
+    inside their groups."""
+    for q in _primes_from(2):
+        parts = groups(load, share / q, max_size)
+        if len(parts) <= q * q:
+            break
+    point = {i: g for i, g in enumerate(parts)}
+    lines: list[Line] = []
+    for a in range(q):
+        for b in range(q):
+            pts = [x * q + (a * x + b) % q for x in range(q)]
+            on = tuple(point[i] for i in pts if i in point)
+            if len(on) >= 2:
+                lines.append(Line(on, ()))
+    for c in range(q):
+        on = tuple(point[c * q + y] for y in range(q) if c * q + y in point)
+        if on:
+            lines.append(Line(on, on))
+    return lines
+
+
+def split(task: Task) -> list[Task]:
+    """Children covering the task's t-subsets: its largest group in halves, each way its r copies
+    can fall into them. A child whose block is the parent's (both halves of a repeated group) is
+    split again at once: bounding it would repeat the parent's failure."""
+    g = max(set(task), key=lambda ab: (ab[1] - ab[0], ab))
+    a, b = g
+    m = (a + b) // 2
+    rest = [x for x in task if x != g]
+    r = len(task) - len(rest)
+    out: list[Task] = []
+    for n_left in range(r + 1):
+        kid = tuple(sorted(rest + [(a, m)] * n_left + [(m, b)] * (r - n_left)))
+        if not _feasible(kid):
+            continue
+        if n_left and r - n_left and block_size(kid) == block_size(task):
+            out.extend(split(kid))
+        else:
+            out.append(kid)
+    return out
+
+
+class _Cover:
+    """Mixin of ``_Search`` (``certify/split.py``): the covering search at t >= 2."""
+
+    prob: "Problem"
+    t: int
+    ref: int
+
+    def _load(self) -> np.ndarray | None:
+        """``[P, K-1]``: what changing each pixel alone can cost each margin, in clean margins: the
+        clean margin minus its single-pixel box's lower bound (None: out of time). Summed over a
+        block's pixels it predicts the block (on the zoo's CNNs: below 0.8 all were proven, above
+        1.2 none)."""
+        prob = self.prob
+        z0 = prob.net.forward(prob.x0[None])[0]
+        m0 = np.maximum(z0[self.ref] - np.delete(z0, self.ref), 1e-12)
+        boxes = self._pixel_boxes(np.arange(prob.P))  # type: ignore[attr-defined]
+        n = self._box_chunk(boxes)  # type: ignore[attr-defined]
+        parts = []
+        for s in range(0, prob.P, n):
+            if self.timer.out():  # type: ignore[attr-defined]
+                return None
+            parts.append(box_bounds(prob, boxes.take(np.arange(s, min(prob.P, s + n))), self.ref)[0])
+        lb = np.concatenate(parts)
+        return np.maximum(m0[None, :] - lb, 0.0) / m0[None, :]
+
+    def _block_boxes(self, tasks: list[Job], order: np.ndarray) -> Boxes:
+        """The blocks of ``tasks`` as boxes: each pixel's scalars over the hull of its range and x0
+        (the unchanged value belongs to every t-subset's box, and x0 may sit outside [lo, hi])."""
+        prob = self.prob
+        rows = []
+        for task in tasks:
+            pix = np.concatenate([order[a:b] for (a, b) in sorted(members(task))])
+            sc = prob.pixel_scalars[pix].reshape(-1)
+            rows.append(sc[sc >= 0])
+        f = max(r.size for r in rows)
+        S = np.full((len(rows), f), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            S[i, : r.size] = r
+        real = S >= 0
+        Sc = np.where(real, S, 0)
+        dlo = np.where(real, np.minimum(prob.lo[Sc] - prob.x0[Sc], 0.0), 0.0)
+        dhi = np.where(real, np.maximum(prob.hi[Sc] - prob.x0[Sc], 0.0), 0.0)
+        return Boxes(S, dlo, dhi, np.zeros(len(rows), dtype=np.int64))
+
+    def _worst_points(self, boxes: Boxes, lb: np.ndarray, hint: np.ndarray) -> np.ndarray:
+        """Per failing block, the point that changes its t pixels of most negative hint towards
+        the corner the hint points at: a member of the L0 set (at most t pixels changed)."""
+        prob = self.prob
+        k = np.argmin(lb, axis=1)
+        h = hint[np.arange(len(boxes)), k, :]  # [B, F]
+        real = boxes.S >= 0
+        gain = np.where(real, np.minimum(h * boxes.dlo, h * boxes.dhi), 0.0)  # per scalar, <= 0
+        pix = np.where(real, prob.pixel[np.where(real, boxes.S, 0)], -1)
+        x = np.broadcast_to(prob.x0, (len(boxes), prob.x0.size)).copy()
+        for i in range(len(boxes)):
+            per = np.zeros(prob.P)
+            np.add.at(per, pix[i][real[i]], gain[i][real[i]])
+            worst = np.argsort(per)[: self.t]
+            worst = worst[per[worst] < 0]
+            sel = real[i] & np.isin(pix[i], worst)
+            sc = boxes.S[i][sel]
+            off = np.where(h[i][sel] > 0, boxes.dlo[i][sel], boxes.dhi[i][sel])
+            x[i, sc] = np.clip(prob.x0[sc] + off, prob.lo[sc], prob.hi[sc])
+        return x
+
+    def _run_cover(self) -> str | None:
+        """Cover every t-subset; returns 'refuted', 'timeout' or None (all tasks done; boxes given
+        up are counted on the search as for t = 1)."""
+        prob = self.prob
+        load = self._load()
+        if load is None:
+            return "timeout"
+        order = np.argsort(load.max(axis=1), kind="stable")
+        cum = np.concatenate([np.zeros((1, load.shape[1])), np.cumsum(load[order], axis=0)])
+
+        def predicted(job: Job) -> float:
+            return float(sum(cum[b] - cum[a] for (a, b) in members(job)).max())
+
+        todo: list[Job]
+        if self.t == 2:
+            todo = list(plane(load[order], knobs.COVER_SHARE, knobs.COVER_MAX_GROUP))
+        else:
+            todo = list(initial_tasks(groups(load[order], knobs.COVER_SHARE / self.t, knobs.COVER_MAX_GROUP), self.t))
+        self.n_tasks = len(todo)
+        leaves: list[Boxes] = []
+        while todo or leaves:
+            if self.timer.out():  # type: ignore[attr-defined]
+                return "timeout"
+            if leaves:
+                res = self._drain_boxes(leaves)  # type: ignore[attr-defined]
+                if res is not None:
+                    return res
+                continue
+            small = [job for job in todo if block_size(job) <= self.t]
+            if small:  # t pixels: an ordinary box, bisected and attacked
+                todo = [job for job in todo if block_size(job) > self.t]
+                leaves.append(self._block_boxes(small, order))
+                continue
+            # the largest blocks first, in batches of one size class (padding costs as much as a scalar)
+            todo.sort(key=block_size)
+            size = block_size(todo[-1])
+            n = self._box_chunk_for(size * int(prob.pixel_scalars.shape[1]))
+            batch: list[Job] = []
+            small = []
+            while todo and len(batch) < n and block_size(todo[-1]) * 2 > size:
+                job = todo.pop()
+                if block_size(job) <= self.t:
+                    small.append(job)
+                elif predicted(job) > knobs.COVER_HOPELESS:
+                    todo.extend(kids(job))  # a block this loaded has never been proven: do not pay for it
+                    self.n_presplit += 1
+                else:
+                    batch.append(job)
+            if small:
+                leaves.append(self._block_boxes(small, order))
+            if not batch:
+                continue
+            boxes = self._block_boxes(batch, order)
+            started = time.perf_counter()
+            lb, hint = box_bounds(prob, boxes, self.ref, inside_ball=False)
+            self.n_blocks += len(batch)
+            self.n_block_scalars += int((boxes.S >= 0).sum())
+            self.sec_per_block = (time.perf_counter() - started) / len(batch)
+            fail = np.nonzero(lb.min(axis=1) <= 0)[0]
+            if fail.size == 0:
+                continue
+            if self.check(self._worst_points(boxes.take(fail), lb[fail], hint[fail])):  # type: ignore[attr-defined]
+                return "refuted"
+            for i in fail:
+                todo.extend(kids(batch[i]))
+        return None
+
+    def _box_chunk_for(self, f: int) -> int:
+        """Blocks per batch: the memory cap of ``_box_chunk``, and under a deadline the blocks the
+        time left affords at the last batch's seconds per block."""
+        width = sum(nd.size for nd in self.prob.net.nodes)
+        n = max(1, knobs.BOX_CHUNK_FLOATS // max(1, 2 * (f + 1) * width))
+        deadline = self.timer.deadline  # type: ignore[attr-defined]
+        if deadline is not None:
+            if self.sec_per_block is None:
+                n = min(n, 4)
+            else:
+                n = min(n, max(1, int((deadline - time.perf_counter()) / self.sec_per_block)))
+        return n

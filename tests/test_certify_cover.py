@@ -1,0 +1,128 @@
+"""Covering blocks for t >= 2 (``certify/cover.py``).
+
+- Completeness, checked against an independent statement of what each job must cover: the top
+  jobs cover every t-subset of pixels, every job's children cover everything it did, and a job only
+  claims subsets inside its own block. With these three, a search that proves or splits every job
+  has covered every t-subset (whatever the loads, shares and splits).
+- Blocks that free more pixels than the ball the float32 terms were prepared for are bounded
+  with their own terms (``inside_ball=False``): their bounds stay below an exact MILP minimum over
+  the block.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from l0tre_core.certify import Network
+from l0tre_core.certify.boxes import Boxes, box_bounds
+from l0tre_core.certify.cover import Cross, Line, block_size, groups, initial_tasks, kids, members, plane, split
+from l0tre_core.certify.search import problem_for
+
+from test_certify_support import build_cnn, milp_min_margin
+
+TOL = 1e-6
+
+
+def _claims(job: object) -> set[frozenset[int]]:
+    """The t-subsets (of positions in the sorted order) a job is responsible for, written from the
+    definitions, not from the code under test."""
+
+    def span(g: tuple[int, int]) -> range:
+        return range(g[0], g[1])
+
+    out: set[frozenset[int]] = set()
+    if isinstance(job, Line):
+        for g, h in itertools.combinations(job.parts, 2):
+            out |= {frozenset((p, q)) for p in span(g) for q in span(h)}
+        for g in job.owns:
+            out |= {frozenset(c) for c in itertools.combinations(span(g), 2)}
+    elif isinstance(job, Cross):
+        out |= {frozenset((p, q)) for g in job.a for h in job.b for p in span(g) for q in span(h) if p != q}
+    else:
+        for pick in itertools.product(*[span(g) for g in job]):
+            if len(set(pick)) == len(pick):
+                out.add(frozenset(pick))
+    return out
+
+
+def _check_tree(job: object, t: int, depth: int = 0) -> None:
+    mine = _claims(job)
+    inside = set().union(*[set(range(a, b)) for (a, b) in members(job)])  # type: ignore[arg-type]
+    assert all(s <= inside for s in mine)
+    assert block_size(job) == len(inside)  # type: ignore[arg-type]
+    if block_size(job) <= t:  # type: ignore[arg-type]
+        return
+    children = kids(job)  # type: ignore[arg-type]
+    assert depth < 64
+    got = set().union(*[_claims(k) for k in children]) if children else set()
+    assert mine <= got, (job, mine - got)
+    for k in children:
+        assert block_size(k) < block_size(job)  # type: ignore[arg-type]  # progress: the search ends
+        _check_tree(k, t, depth + 1)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_plane_lines_and_their_pieces_cover_every_pair(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 30))
+    load = rng.exponential(0.1, (n, 3)) * (rng.uniform(size=(n, 1)) < 0.8)
+    load = load[np.argsort(load.max(axis=1))]
+    lines = plane(load, float(rng.uniform(0.05, 2.0)), int(rng.integers(1, 9)))
+    every = {frozenset(c) for c in itertools.combinations(range(n), 2)}
+    assert set().union(*[_claims(line) for line in lines]) == every
+    for line in lines:
+        _check_tree(line, 2)
+
+
+@pytest.mark.parametrize("t", [2, 3])
+@pytest.mark.parametrize("seed", range(6))
+def test_group_tasks_and_their_splits_cover_every_subset(t: int, seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(t, 13))
+    load = rng.exponential(0.1, (n, 2))
+    parts = groups(load, float(rng.uniform(0.05, 1.0)), int(rng.integers(1, 6)))
+    assert [a for a, _ in parts] == [0] + [b for _, b in parts[:-1]] and parts[-1][1] == n
+    tasks = initial_tasks(parts, t)
+    every = {frozenset(c) for c in itertools.combinations(range(n), t)}
+    assert set().union(*[_claims(task) for task in tasks]) == every
+    for task in tasks:
+        _check_tree(task, t)
+        for kid in split(task) if block_size(task) > t else []:
+            assert sorted(kid) == list(kid)
+
+
+def test_groups_respect_the_share_and_the_size() -> None:
+    load = np.array([[0.1], [0.1], [0.1], [0.5], [0.05], [0.05], [0.05], [0.05], [0.05]])
+    parts = groups(load, 0.25, 3)
+    assert parts == [(0, 2), (2, 3), (3, 4), (4, 7), (7, 9)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_block_bounds_outside_the_ball_stay_below_the_milp_minimum(seed: int) -> None:
+    """Blocks of 3 to all pixels, on a CNN with max-pooling and a final Softmax, the float32 terms
+    prepared for t = 2: each block's margin bounds are at most the exact minimum over the block."""
+    from test_certify_soundness import _input_set
+
+    case = build_cnn(60 + seed, hw=(3, 3), conv=(3, 2, 1, 0), pool="max", softmax=True, dense=6)
+    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(0, 1, case.d)
+    ref = int(np.argmax(net.forward(x0[None])[0]))
+    prob = problem_for(net, _input_set(case, x0))
+    prob.prepare_float32(2)
+    P = case.n_pixels
+    blocks = [rng.choice(P, k, replace=False) for k in (3, P // 2, P)]
+    for pix in blocks:
+        sc = np.nonzero(np.isin(case.pixel, pix))[0]
+        box = Boxes(sc[None], (prob.lo[sc] - prob.x0[sc])[None], (prob.hi[sc] - prob.x0[sc])[None], np.zeros(1, np.int64))
+        lb, _ = box_bounds(prob, box, ref, inside_ball=False)
+        assert np.isfinite(lb).all()
+        forced = np.zeros(P, bool)
+        forced[pix] = True
+        others = [k for k in range(net.n_outputs) if k != ref]
+        for col, k in enumerate(others):
+            exact, _ = milp_min_margin(net, case, x0, ref, k, 0, forced=forced)
+            assert lb[0, col] <= exact + TOL, (pix, k, lb[0, col], exact)
