@@ -170,13 +170,15 @@ class ConvOp(StructuredMap):
         oy0 = np.minimum(oy0, ho - hwin)
         ox0 = np.minimum(ox0, wo - wwin)
         ih, iw = (hwin - 1) * sh + (kh - 1) * dh + 1, (wwin - 1) * sw + (kw - 1) * dw + 1
-        hp, wp = self._padded_extent()
-        xp = np.zeros((n, c, hp, wp))
-        xp[:, :, pt : pt + h, pl : pl + w_in] = x.reshape(n, c, h, w_in)
-        iy = (oy0 * sh)[:, None] + np.arange(ih)[None, :]  # padded coordinates
-        ix = (ox0 * sw)[:, None] + np.arange(iw)[None, :]
+        # the windows, gathered straight from x (no padded copy of every row: rows of a few
+        # pixels' cones are mostly zeros, and the copy cost more than the convolution)
+        iy = (oy0 * sh)[:, None] + np.arange(ih)[None, :] - pt  # input coordinates, may fall in the pad
+        ix = (ox0 * sw)[:, None] + np.arange(iw)[None, :] - pl
+        vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w_in)
         r = np.arange(n)[:, None, None, None]
-        win = xp[r, np.arange(c)[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+        win = x.reshape(n, c, h, w_in)[r, np.arange(c)[None, :, None, None],
+                                       np.clip(iy, 0, h - 1)[:, None, :, None], np.clip(ix, 0, w_in - 1)[:, None, None, :]]
+        win *= (vy[:, None, :, None] & vx[:, None, None, :])
         y = _ops.conv(win, self.w, None, self.strides, [0, 0, 0, 0], self.dilations, self.group)
         out = np.zeros((n, m_out, ho, wo))
         oy = (oy0[:, None] + np.arange(hwin)[None, :])[:, None, :, None]
