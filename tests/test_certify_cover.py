@@ -126,3 +126,26 @@ def test_block_bounds_outside_the_ball_stay_below_the_milp_minimum(seed: int) ->
         for col, k in enumerate(others):
             exact, _ = milp_min_margin(net, case, x0, ref, k, 0, forced=forced)
             assert lb[0, col] <= exact + TOL, (pix, k, lb[0, col], exact)
+
+
+def test_t1_keeps_each_pixel_boxs_bounds_for_the_next_level() -> None:
+    """What certify at t = 1 leaves for t = 2's grouping equals the pixel boxes' bounds."""
+    from test_certify_soundness import _input_set
+
+    from l0tre_core.certify import cover
+    from l0tre_core.certify.search import _Search, _Timer
+
+    case = build_cnn(70, hw=(3, 3), conv=(3, 2, 1, 0), dense=6)
+    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
+    x0 = np.random.default_rng(0).uniform(0, 1, case.d)
+    ref = int(np.argmax(net.forward(x0[None])[0]))
+    prob = problem_for(net, _input_set(case, x0))
+    prob.prepare_float32(1)
+    cover._T1_BOUNDS.clear()
+    search = _Search(prob, ref, 1, _Timer(30.0))
+    assert search._run_t1().status == "proven"  # (so every pixel box was bounded)
+    assert list(cover._T1_BOUNDS) == [search._t1_key()]
+    kept = cover._T1_BOUNDS[search._t1_key()]
+    S = prob.pixel_scalars
+    direct, _ = box_bounds(prob, Boxes(S, prob.lo[S] - prob.x0[S], prob.hi[S] - prob.x0[S], np.zeros(len(S), np.int64)), ref)
+    np.testing.assert_allclose(kept, direct, rtol=1e-9, atol=1e-9)

@@ -139,6 +139,14 @@ def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarra
     return mw, rw, reach.reshape(b, 2, -1)[:, 0, :]
 
 
+def _convs_after(net: Any, j: int) -> bool:
+    """Whether a node after ``j`` has a convolution (only they use a precise cone). Cached."""
+    cache = net.__dict__.setdefault("_convs_after", {})
+    if j not in cache:
+        cache[j] = any(isinstance(w, ConvOp) for nd in net.nodes[j + 1:] for w in nd.mats)
+    return cache[j]
+
+
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
                   dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None,
                   inside_ball: bool = True) -> np.ndarray | None:
@@ -278,7 +286,10 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                     mw = apply_mat(mid, w)
                     rw = apply_mat(gap, nd.mat_abs(i))
                     if reach is not None:
-                        reach |= apply_mat(cone[p].astype(np.float64), nd.mat_abs(i)) > 0
+                        if _convs_after(net, j):
+                            reach |= apply_mat(cone[p].astype(np.float64), nd.mat_abs(i)) > 0
+                        else:  # no convolution reads it: a superset (every output) costs nothing
+                            reach |= cone[p].any(axis=1, keepdims=True)
                 lo_rows += mw[:, :-1] - rw[:, :-1]
                 up_rows += mw[:, :-1] + rw[:, :-1]
                 cen += mw[:, -1]

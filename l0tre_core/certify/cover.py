@@ -32,6 +32,11 @@ from l0tre_core.certify.boxes import Boxes, box_bounds
 if TYPE_CHECKING:
     from l0tre_core.certify.problem import Problem
 
+# single-pixel box bounds of recent t = 1 certificates, reused by the next level's ``_load``: a
+# heuristic input (grouping only), so a stale entry costs speed, never soundness
+_T1_BOUNDS: dict[tuple[int, int, int], np.ndarray] = {}
+_T1_KEEP = 8
+
 Group = tuple[int, int]  # a range [a, b) of the pixels sorted by sensitivity
 Task = tuple[Group, ...]  # t groups, sorted; equal groups repeat
 
@@ -182,6 +187,23 @@ class _Cover:
     prob: "Problem"
     t: int
     ref: int
+    _t1_lb: np.ndarray | None
+
+    def _t1_key(self) -> tuple[int, int, int]:
+        prob = self.prob
+        return (id(prob.net), self.ref, hash((prob.x0.tobytes(), prob.lo.tobytes(), prob.hi.tobytes())))
+
+    def _keep_t1_bounds(self, scalars: np.ndarray, lb: np.ndarray) -> None:
+        """At t = 1: the bounds ``lb [B, K-1]`` of whole pixel boxes (first scalars ``scalars``);
+        once every pixel has one, kept for the next level."""
+        prob = self.prob
+        if self._t1_lb is None:
+            self._t1_lb = np.full((prob.P, lb.shape[1]), np.nan)
+        self._t1_lb[prob.pixel[scalars]] = lb
+        if not np.isnan(self._t1_lb).any():
+            _T1_BOUNDS[self._t1_key()] = self._t1_lb
+            while len(_T1_BOUNDS) > _T1_KEEP:
+                _T1_BOUNDS.pop(next(iter(_T1_BOUNDS)))
 
     def _load(self) -> np.ndarray | None:
         """``[P, K-1]``: what changing each pixel alone can cost each margin, in clean margins: the
@@ -191,14 +213,16 @@ class _Cover:
         prob = self.prob
         z0 = prob.net.forward(prob.x0[None])[0]
         m0 = np.maximum(z0[self.ref] - np.delete(z0, self.ref), 1e-12)
-        boxes = self._pixel_boxes(np.arange(prob.P))  # type: ignore[attr-defined]
-        n = self._box_chunk(boxes)  # type: ignore[attr-defined]
-        parts = []
-        for s in range(0, prob.P, n):
-            if self.timer.out():  # type: ignore[attr-defined]
-                return None
-            parts.append(box_bounds(prob, boxes.take(np.arange(s, min(prob.P, s + n))), self.ref)[0])
-        lb = np.concatenate(parts)
+        lb = _T1_BOUNDS.get(self._t1_key())  # the engine certified t = 1 just before
+        if lb is None:
+            boxes = self._pixel_boxes(np.arange(prob.P))  # type: ignore[attr-defined]
+            n = self._box_chunk(boxes)  # type: ignore[attr-defined]
+            parts = []
+            for s in range(0, prob.P, n):
+                if self.timer.out():  # type: ignore[attr-defined]
+                    return None
+                parts.append(box_bounds(prob, boxes.take(np.arange(s, min(prob.P, s + n))), self.ref)[0])
+            lb = np.concatenate(parts)
         return np.maximum(m0[None, :] - lb, 0.0) / m0[None, :]
 
     def _block_boxes(self, tasks: list[Job], order: np.ndarray) -> Boxes:

@@ -48,6 +48,7 @@ class _Search(_Attacks, _Cover):
         self.sec_per_block: float | None = None
         self.n_presplit = 0
         self.n_block_scalars = 0
+        self._t1_lb: np.ndarray | None = None  # t = 1: each pixel box's bounds (``_keep_t1_bounds``)
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -81,6 +82,10 @@ class _Search(_Attacks, _Cover):
         prob = self.prob
         self.n_boxes += len(boxes)
         lb, hint = box_bounds(prob, boxes, self.ref)
+        if self.t == 1:
+            top = np.nonzero((boxes.depth == 0) & (boxes.S[:, 0] >= 0))[0]
+            if top.size:
+                self._keep_t1_bounds(boxes.S[top, 0], lb[top])
         und = np.nonzero(lb.min(axis=1) <= 0)[0]
         if und.size == 0:
             return boxes.take(np.zeros(0, dtype=np.int64))
