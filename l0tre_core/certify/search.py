@@ -151,7 +151,7 @@ def certify(
     # t = 1 on a wide network is decided by its single-pixel boxes: the ball's bounds are needed
     # only for the rounding magnitudes and the one-pass check, and CROWN on every intermediate
     # neuron of the ball would cost more than all the boxes together
-    prob.light = t == 1 and split and sum(nd.size for nd in net.nodes) > LIGHT_WIDTH
+    prob.light = split and sum(nd.size for nd in net.nodes) > LIGHT_WIDTH
     # a time limit also stops a pass of bounds midway (OutOfTime): the ball's bounds on a wide
     # network take seconds; the one-pass bound without a limit always runs to the end
     prob.deadline = timer.deadline if split else None

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from l0tre_core.certify import cover
 from l0tre_core.certify import search as knobs
 from l0tre_core.certify._types import Verdict
 from l0tre_core.certify.attacks import _Attacks
@@ -217,9 +218,16 @@ class _Search(_Attacks, _Cover):
         return x
 
     def _run_bnb(self, lb: np.ndarray, a_in: np.ndarray | None) -> Verdict:
-        found, single = self._attack_single()
-        if found:
-            return self.verdict("attack: one pixel")
+        t1 = cover._T1_BOUNDS.get(self._t1_key())
+        if t1 is not None and (t1 > 0).all():
+            # t = 1 was proven on this input just before: no single pixel flips it, and its pixel
+            # boxes' bounds rank the pixels for the beam (the corner attack would cost a model
+            # evaluation per corner of every pixel, for nothing)
+            single = t1.min(axis=1)
+        else:
+            found, single = self._attack_single()
+            if found:
+                return self.verdict("attack: one pixel")
         if self._attack_beam(single):
             return self.verdict("attack: beam")
         prob = self.prob
