@@ -288,10 +288,18 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             pr: PoolRelax = rx.get(j)
             gi = np.broadcast_to(pr.istar[:, None, :], (b, f + 1, nd.size))
             L[j] = np.take_along_axis(L[p], gi, axis=2)
-            ux = np.take_along_axis(U[p], gi, axis=2)
-            const = np.zeros_like(ux)
-            const[:, -1, :] = pr.ub
-            U[j] = np.where(pr.exact[:, None, :], ux, const)
+            # upper: off + sum_k slope_k x[idx_k] <= off + sum_k slope_k U_p[idx_k] (slopes >= 0)
+            up_rows = np.einsum("bfdk,bdk->bfd", pool_values(U[p], nd, 0.0), pr.slope)
+            up_rows[:, -1, :] += pr.off
+            # U_p's rows may reach above the interval bounds u_p (those are the tighter of two
+            # bounds): where this row's maximum over the box exceeds the interval bound, the
+            # constant is used, so that the row is never above it anywhere in the box
+            over = _lin_upper(up_rows, dlo, dhi) > bounds[j][1]
+            if over.any():
+                const = np.zeros_like(up_rows[:, :, :1])
+                const[:, -1, 0] = 1.0
+                up_rows = np.where(over[:, None, :], const * bounds[j][1][:, None, :], up_rows)
+            U[j] = up_rows
             if clean is not None:
                 cone[j] = pool_values(cone[p], nd, False).any(axis=-1)
         else:
