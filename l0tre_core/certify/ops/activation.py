@@ -309,19 +309,20 @@ def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
     """MaxPool's linear relaxation over the input box ``[l, u]``.
 
     Lower: the input ``i*`` with the largest lower bound ``L*`` (as before). Upper, for any level
-    ``T >= L*``, with ``C = {i : u_i > T}`` and ``s_i = (u_i - T) / (u_i - min(l_i, T))``:
-    ``max_i x_i <= T + sum_{i in C} s_i (x_i - min(l_i, T))``. Why: ``x_{i*} >= L*``, so
-    ``max x <= max(T, max x) = T + max(0, max_i (x_i - T)) <= T + sum_i relu(x_i - T)``; inputs
-    outside ``C`` never exceed ``T`` (their term is 0), and for ``i`` in ``C`` the convex
-    ``relu(x_i - T)`` lies under its chord over ``[min(l_i, T), u_i]`` (``s_i = 1``, exact,
-    where ``l_i >= T``). ``T = L*`` gives ``L* + sum_C s_i (x_i - l_i)``: the input ``i*`` itself
-    when it dominates, and the chord of ``max(L*, x_j)`` (the least linear upper bound) when one
+    ``T >= L*``, with ``C = {i : u_i > T}`` and ``s_i = (u_i - T) / (u_i - l_i)``:
+    ``max_i x_i <= T + sum_{i in C} s_i (x_i - l_i)``. Why: ``max x <= max(T, max x) =
+    T + max(0, max_i (x_i - T)) <= T + sum_i relu(x_i - T)``; inputs outside ``C`` never exceed
+    ``T`` (their term is 0), and for ``i`` in ``C`` (``l_i <= L* <= T < u_i``) the convex
+    ``relu(x_i - T)`` lies under its chord ``s_i (x_i - l_i)`` over ``[l_i, u_i]``. ``T = L*``
+    gives ``L* + sum_C s_i (x_i - l_i)``: the input ``i*`` itself when it dominates (``C`` within
+    ``{i*}``, ``s = 1``), and the chord of ``max(L*, x_j)`` (the least linear upper bound) when one
     input ``j`` is free and the others fixed. With two or more inputs above ``L*`` that sum can
-    exceed the window maximum ``ub``; so ``T`` is the larger of ``L*`` and the second-largest
-    ``u_i``, which leaves at most one input in ``C`` (the one with the largest ``u``; none on a
-    tie) and keeps the bound under ``ub`` at every point of the box (``T + s_j (u_j - min(l_j,
-    T)) = u_j = ub``). Padding entries (``-inf``) are never in ``C``; ties in ``l`` do not matter
-    (only the value ``L*`` enters). MaxPool is exact in float32, so no rounding term."""
+    exceed the window maximum ``ub`` (its maximum is ``L* + sum_C (u_i - L*)``); so ``T`` is the
+    larger of ``L*`` and the second-largest ``u_i``, which leaves at most one input in ``C`` (the
+    one with the largest ``u``; none on a tie) and keeps the bound under ``ub`` at every point of
+    the box (``T + s_j (u_j - l_j) = u_j = ub``). ``l_i = u_i`` inputs are never in ``C`` (``u_i
+    = l_i <= L*``), nor padding entries (``-inf``); ties in ``l`` do not matter (only the value
+    ``L*`` enters). MaxPool is exact in float32, so no rounding term."""
     lw = pool_values(l, nd, -np.inf)  # [B, Dout, K]
     uw = pool_values(u, nd, -np.inf)
     k = np.argmax(lw, axis=-1)
@@ -339,8 +340,8 @@ def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
         level = np.where(lstar >= others, lstar, ub)
     tl = level[..., None]
     free = uw > tl  # C (padding: -inf > T is False)
-    # min(l_i, T) on C, 0 elsewhere (padding: no -inf into the arithmetic)
-    base = np.where(free, np.minimum(lw, tl), 0.0)
+    # l_i on C (l_i <= L* <= T < u_i), 0 elsewhere (padding: no -inf into the arithmetic)
+    base = np.where(free, lw, 0.0)
     width = np.where(free, uw - base, 1.0)  # > 0 on C
     slope = np.where(free, (uw - tl) / width, 0.0)
     off = level - (slope * base).sum(axis=-1)
