@@ -293,8 +293,12 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             up_rows[:, -1, :] += pr.off
             # U_p's rows may reach above the interval bounds u_p (those are the tighter of two
             # bounds): where this row's maximum over the box exceeds the interval bound, the
-            # constant is used, so that the row is never above it anywhere in the box
-            over = _lin_upper(up_rows, dlo, dhi) > bounds[j][1]
+            # constant is used, so that the row is never above it anywhere in the box. Both are
+            # valid; the tolerance keeps float64 noise from choosing (a row of the dominating
+            # input often reaches exactly its own bound), so that bounds over a box's cone equal
+            # those over the whole input
+            ubj = bounds[j][1]
+            over = _lin_upper(up_rows, dlo, dhi) > ubj + 1e-9 * (1.0 + np.abs(ubj))
             if over.any():
                 const = np.zeros_like(up_rows[:, :, :1])
                 const[:, -1, 0] = 1.0
