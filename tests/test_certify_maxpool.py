@@ -88,8 +88,7 @@ def test_exact_or_best_linear_with_one_free_input() -> None:
     b = 50
     l = np.round(rng.normal(size=(b, 9)) * 2) / 2
     u = l.copy()
-    # one free input per window: the free one is the first real entry of window j = row b % 30 ...
-    # simpler: free a single input overall, so every window holds at most one free input
+    # one free input per box (row), so every window holds at most one free input
     free = rng.integers(0, 9, b)
     rows = np.arange(b)
     u[rows, free] = l[rows, free] + rng.exponential(1.0, b)
@@ -112,7 +111,7 @@ def test_exact_or_best_linear_with_one_free_input() -> None:
         # windows without the free input are exactly their (fixed) maximum
         np.testing.assert_allclose(np.where(has, 0.0, up), np.where(has, 0.0, m), rtol=0, atol=1e-12)
         # exact everywhere where the free input's lower bound reaches the fixed inputs
-        dom = has & (lf >= lstar - 0.0)
+        dom = has & (lf >= lstar)
         np.testing.assert_allclose(up[dom], m[dom], rtol=0, atol=1e-9)
         if frac in (0.0, 1.0):
             np.testing.assert_allclose(up, m, rtol=0, atol=1e-9)

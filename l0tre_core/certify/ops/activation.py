@@ -12,9 +12,10 @@ What a reviewer must check for soundness:
 - ``nonlinear_interval``: ``[lo, hi]`` contains ``f(z)`` for every ``z`` in ``[l, u]``;
 - ``relax``: ``sl z + bl <= f(z) <= su z + bu`` on ``[l, u]`` (ReLU/LeakyReLU triangle, tangent and
   chord lines for the S-shaped functions); ``pool_relax``: the lower bound picks the window input
-  with the largest lower bound, the upper bound is ``L* + sum s_i (x_i - l_i)`` (the chords of
-  ``relu(x_i - L*)``, derivation in its docstring) where at most one input can exceed ``L*``, else
-  the window maximum of the upper bounds;
+  with the largest lower bound ``L*``, the upper bound is ``T + s_j (x_j - l_j)`` at the level
+  ``T = max(L*, second-largest u)`` for the input ``j`` with the largest ``u`` (the chord of
+  ``relu(x_j - T)``; derivation in its docstring), never above the window maximum of the upper
+  bounds;
 - the float32 facts: onnxruntime's Sigmoid and Tanh are approximations, covered by the measured
   ``float32.SIGMOID_ABS``/``TANH_ABS`` (``_allowance``) in the interval and the relaxation (the
   relaxation adds ``_SMOOTH_SLACK`` for its own float64 arithmetic); ReLU, LeakyReLU and MaxPool
