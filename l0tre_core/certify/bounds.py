@@ -77,6 +77,19 @@ def _scatter_rows(a: np.ndarray, istar: np.ndarray, size: int) -> np.ndarray:
     return out.reshape(b, r, size)
 
 
+def _scatter_window(a: np.ndarray, slope: np.ndarray, idx: np.ndarray, size: int) -> np.ndarray:
+    """``out[b, r, idx[j, k]] += a[b, r, j] * slope[b, j, k]`` (padding ``idx < 0`` has slope 0)."""
+    b, r, dout = a.shape
+    kw = idx.shape[1]
+    live = (slope != 0).any(axis=(0, 2))  # the outputs whose upper bound has a linear part
+    if not live.any():
+        return np.zeros((b, r, size))
+    cols = np.nonzero(live)[0]
+    w = a[:, :, cols, None] * slope[:, None, cols, :]  # [B, R, D', K]
+    tgt = np.broadcast_to(np.where(idx[cols] < 0, 0, idx[cols]), (b, cols.size, kw))
+    return _scatter_rows(w.reshape(b, r, cols.size * kw), tgt.reshape(b, cols.size * kw), size)
+
+
 def backward(
     prob: Problem,
     rx: _Relax,
@@ -140,15 +153,16 @@ def backward(
                 contrib = back_mat(a, w)
                 A[p] = A[p] + contrib if p in A else contrib
         elif nd.kind == "maxpool":
+            # positive coefficients take the lower bound x[i*]; negative ones the upper
+            # off + sum_k slope_k x[idx_k], spread over the window (``pool_relax``)
             pr: PoolRelax = rx.get(j)
             ab = np.broadcast_to(a, (n_dom,) + a.shape[1:])
             pos = np.maximum(ab, 0.0)
             neg = np.minimum(ab, 0.0)
-            ex = pr.exact[:, None, :]
-            coef = pos + np.where(ex, neg, 0.0)
-            c = c + (np.where(ex, 0.0, neg) * pr.ub[:, None, :]).sum(axis=-1)
+            c = c + (neg * pr.off[:, None, :]).sum(axis=-1)
             p = nd.parents[0]
-            contrib = _scatter_rows(coef, pr.istar, nodes[p].size)
+            contrib = _scatter_rows(pos, pr.istar, nodes[p].size)
+            contrib += _scatter_window(neg, pr.slope, nd.pool_idx, nodes[p].size)
             A[p] = A[p] + contrib if p in A else contrib
         else:
             sl, bl, su, bu = rx.get(j)

@@ -314,10 +314,28 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             pr: PoolRelax = rx.get(j)
             gi = np.broadcast_to(pr.istar[:, None, :], (b, f + 1, nd.size))
             L[j] = np.take_along_axis(L[p], gi, axis=2)
-            ux = np.take_along_axis(U[p], gi, axis=2)
-            const = np.zeros_like(ux)
-            const[:, -1, :] = pr.ub
-            U[j] = np.where(pr.exact[:, None, :], ux, const)
+            # upper: off + sum_k slope_k x[idx_k] <= off + sum_k slope_k U_p[idx_k] (slopes >= 0),
+            # a constant (at most ub) wherever no window input has a slope: only the windows with
+            # one (few, near the free scalars) are computed
+            up_rows = np.zeros((b, f + 1, nd.size))
+            up_rows[:, -1, :] = pr.off
+            cols = np.nonzero((pr.slope != 0).any(axis=(0, 2)))[0]
+            if cols.size:
+                win = nd.pool_idx[cols]
+                vals = U[p][:, :, np.where(win < 0, 0, win)]  # [B, F+1, C, K]; padding has slope 0
+                sub = up_rows[:, :, cols] + np.einsum("bfck,bck->bfc", vals, pr.slope[:, cols, :])
+                # U_p's rows may reach above the interval bounds u_p (those are the tighter of
+                # two bounds): where this row's maximum over the box exceeds the interval bound,
+                # the constant is used, so that the row is never above it anywhere in the box.
+                # Both are valid; the tolerance keeps float64 noise from choosing (a row of the
+                # dominating input often reaches exactly its own bound), so that bounds over a
+                # box's cone equal those over the whole input
+                ubj = bounds[j][1][:, cols]
+                over = _lin_upper(sub, dlo, dhi) > ubj + 1e-9 * (1.0 + np.abs(ubj))
+                sub = np.where(over[:, None, :], 0.0, sub)
+                sub[:, -1, :] = np.where(over, ubj, sub[:, -1, :])
+                up_rows[:, :, cols] = sub
+            U[j] = up_rows
             if clean is not None:
                 cone[j] = pool_values(cone[p], nd, False).any(axis=-1)
         else:

@@ -12,7 +12,10 @@ What a reviewer must check for soundness:
 - ``nonlinear_interval``: ``[lo, hi]`` contains ``f(z)`` for every ``z`` in ``[l, u]``;
 - ``relax``: ``sl z + bl <= f(z) <= su z + bu`` on ``[l, u]`` (ReLU/LeakyReLU triangle, tangent and
   chord lines for the S-shaped functions); ``pool_relax``: the lower bound picks the window input
-  with the largest lower bound (exact where it dominates), the upper bound is the window maximum;
+  with the largest lower bound ``L*``, the upper bound is ``T + s_j (x_j - l_j)`` at the level
+  ``T = max(L*, second-largest u)`` for the input ``j`` with the largest ``u`` (the chord of
+  ``relu(x_j - T)``; derivation in its docstring), never above the window maximum of the upper
+  bounds;
 - the float32 facts: onnxruntime's Sigmoid and Tanh are approximations, covered by the measured
   ``float32.SIGMOID_ABS``/``TANH_ABS`` (``_allowance``) in the interval and the relaxation (the
   relaxation adds ``_SMOOTH_SLACK`` for its own float64 arithmetic); ReLU, LeakyReLU and MaxPool
@@ -285,14 +288,42 @@ def nonlinear_interval(nd: Node, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarr
     return lo, hi
 
 
+# MaxPool's upper relaxation (``pool_relax``): "top" (the level T = max(L*, second-largest u));
+# "sum" (T = L*, every input above it, can exceed the interval bound); "old" (before 2026-11-29:
+# the row of i* where it dominates, else the constant window maximum), for side-by-side tests
+_POOL_POLICY = "top"
+
+
 @dataclass
 class PoolRelax:
+    """``x[istar] <= max_k x[idx_k] <= off + sum_k slope_k x[idx_k]`` on the window's input box.
+
+    ``idx`` is the node's window table ``pool_idx [Dout, K]`` (padding -1 carries slope 0)."""
+
     istar: np.ndarray  # [B, Dout] parent index of the input with the largest lower bound
-    exact: np.ndarray  # [B, Dout] bool: that input dominates the window
-    ub: np.ndarray  # [B, Dout] constant upper bound
+    slope: np.ndarray  # [B, Dout, K] upper slopes per window entry, >= 0
+    off: np.ndarray  # [B, Dout] upper constant
+    ub: np.ndarray  # [B, Dout] the window maximum of the upper bounds (the interval bound)
 
 
 def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
+    """MaxPool's linear relaxation over the input box ``[l, u]``.
+
+    Lower: the input ``i*`` with the largest lower bound ``L*`` (as before). Upper, for any level
+    ``T >= L*``, with ``C = {i : u_i > T}`` and ``s_i = (u_i - T) / (u_i - l_i)``:
+    ``max_i x_i <= T + sum_{i in C} s_i (x_i - l_i)``. Why: ``max x <= max(T, max x) =
+    T + max(0, max_i (x_i - T)) <= T + sum_i relu(x_i - T)``; inputs outside ``C`` never exceed
+    ``T`` (their term is 0), and for ``i`` in ``C`` (``l_i <= L* <= T < u_i``) the convex
+    ``relu(x_i - T)`` lies under its chord ``s_i (x_i - l_i)`` over ``[l_i, u_i]``. ``T = L*``
+    gives ``L* + sum_C s_i (x_i - l_i)``: the input ``i*`` itself when it dominates (``C`` within
+    ``{i*}``, ``s = 1``), and the chord of ``max(L*, x_j)`` (the least linear upper bound) when one
+    input ``j`` is free and the others fixed. With two or more inputs above ``L*`` that sum can
+    exceed the window maximum ``ub`` (its maximum is ``L* + sum_C (u_i - L*)``); so ``T`` is the
+    larger of ``L*`` and the second-largest ``u_i``, which leaves at most one input in ``C`` (the
+    one with the largest ``u``; none on a tie) and keeps the bound under ``ub`` at every point of
+    the box (``T + s_j (u_j - l_j) = u_j = ub``). ``l_i = u_i`` inputs are never in ``C`` (``u_i
+    = l_i <= L*``), nor padding entries (``-inf``); ties in ``l`` do not matter (only the value
+    ``L*`` enters). MaxPool is exact in float32, so no rounding term."""
     lw = pool_values(l, nd, -np.inf)  # [B, Dout, K]
     uw = pool_values(u, nd, -np.inf)
     k = np.argmax(lw, axis=-1)
@@ -300,7 +331,19 @@ def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
     assert idx is not None
     istar = np.take_along_axis(np.broadcast_to(idx, lw.shape), k[..., None], axis=-1)[..., 0]
     lstar = np.take_along_axis(lw, k[..., None], axis=-1)[..., 0]
-    uo = uw.copy()
-    np.put_along_axis(uo, k[..., None], -np.inf, axis=-1)
-    others = uo.max(axis=-1)
-    return PoolRelax(istar, lstar >= others, uw.max(axis=-1))
+    ub = uw.max(axis=-1)
+    top = np.argmax(uw, axis=-1)[..., None]  # the input with the largest upper bound
+    is_top = np.arange(uw.shape[-1]) == top
+    second = np.where(is_top, -np.inf, uw).max(axis=-1)
+    level = np.maximum(lstar, second) if _POOL_POLICY == "top" else lstar
+    if _POOL_POLICY == "old":  # the upper row of i* where it dominates, else the constant ub
+        others = np.where(np.arange(uw.shape[-1]) == k[..., None], -np.inf, uw).max(axis=-1)
+        level = np.where(lstar >= others, lstar, ub)
+    tl = level[..., None]
+    free = uw > tl  # C (padding: -inf > T is False)
+    # l_i on C (l_i <= L* <= T < u_i), 0 elsewhere (padding: no -inf into the arithmetic)
+    base = np.where(free, lw, 0.0)
+    width = np.where(free, uw - base, 1.0)  # > 0 on C
+    slope = np.where(free, (uw - tl) / width, 0.0)
+    off = level - (slope * base).sum(axis=-1)
+    return PoolRelax(istar, slope, off, ub)
