@@ -58,6 +58,8 @@ COVER_DIRECT = 1.0  # ... none when the one-pass bound is below minus this many 
 COVER_SHARE = 0.8  # a task's predicted load at most (``cover._Cover._load``: the pixels' summed costs, in clean margins)
 COVER_HOPELESS = 1.2  # a task predicted above this is split without being bounded
 COVER_MAX_GROUP = 128  # pixels per group at most
+COVER_PROBE_LEVELS = (2.0, 4.0, 8.0)  # predicted loads (in COVER_SHARE) probed by ``_Cover._calibrate``
+COVER_PROBE_BLOCKS = 4  # ... with this many random blocks each
 LIGHT_WIDTH = 4_000  # t = 1 on networks with more neurons than this: light ball bounds (``Problem.light``)
 
 
