@@ -291,7 +291,7 @@ class _Cover:
                 return scale if jobs or not self.timer.out() else None  # type: ignore[attr-defined]
             lb, _ = box_bounds(prob, self._block_boxes(jobs, order), self.ref, inside_ball=False)
             self.n_blocks += len(jobs)
-            if np.mean(lb.min(axis=1) > 0) < 0.75:
+            if np.mean(lb.min(axis=1) > 0) < knobs.COVER_PROBE_PROVEN:
                 break
             scale = level
         return scale
