@@ -1,20 +1,26 @@
-"""Covering blocks for t >= 2 (the mixin ``_Cover`` of ``_Search``): Calzone's idea, sized by the
-pixels' sensitivity.
+"""Covering blocks for t >= 2 (the mixin ``_Cover`` of ``_Search``): Calzone's idea, sized by what
+each pixel costs.
 
 The L0 ball of size t is the union of the boxes that free t given pixels; a *block* that frees
 more pixels at once holds every such box inside it, so one proven block proves all the t-subsets
-of its pixels (C(k, t) boxes for the price of one, about k times dearer). Pixels are sorted by
-their worst-case effect in the one-pass bound and cut into groups, insensitive pixels in large
-groups and sensitive ones in small groups (``groups``). A *task* is a multiset of t groups: the
-t-subsets with one pixel in each, bounded as the block of their union. The tasks over all
-multisets of the groups cover every t-subset. A task not proven is split: its largest group into
-halves, each way its members can fall into them, until its block has at most t pixels; those
-leaves are ordinary boxes, bisected and attacked by ``_Search._process_boxes``.
+of its pixels (C(k, t) boxes for the price of one, about k times dearer).
+
+- A pixel's *load* is what its single-pixel box costs each margin, in clean margins (``_load``;
+  the t = 1 certificate's own box bounds when the engine has just run it). Loads add up to a
+  prediction of a block, scaled per input by a few random blocks (``_calibrate``).
+- Pixels sorted by load are cut into consecutive groups (``groups``): light pixels in large
+  groups, heavy ones alone. At t = 2 the groups are the points of the affine plane AG(2, q) and
+  its lines the blocks (``plane``: every pair of groups on exactly one line, each group on q + 1
+  lines); at t >= 3 every multiset of t groups is a *task* (the t-subsets with one pixel in each).
+- A block that fails, or is predicted hopeless, is split (``kids``) down to blocks of t pixels,
+  which are ordinary boxes, bisected and attacked by ``_Search._process_boxes``.
 
 A block leaves the ball the float32 terms were prepared for (``Problem.prepare_float32(t)``), so
-blocks are bounded with their own rounding terms only (``box_bounds(..., inside_ball=False)``).
-A failing block also proposes the point made of its t worst pixels (the forward-mode hint's), a
-real member of the L0 set, checked like every candidate.
+blocks are bounded with their own rounding terms and final-Softmax slack only
+(``box_bounds(..., inside_ball=False)``). A failing block also proposes the point made of its t
+worst pixels (the forward-mode hint's), a real member of the L0 set, checked like every
+candidate. The loads and the calibration only steer the search: a wrong one costs time, never
+soundness, and the cover stays complete.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass
-from itertools import combinations_with_replacement
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
@@ -82,8 +87,8 @@ def groups(load: np.ndarray, share: float, max_size: int) -> list[Group]:
 
 def initial_tasks(parts: list[Group], t: int) -> list[Task]:
     """Every multiset of ``t`` groups that holds a t-subset (a group repeated r times needs r pixels)."""
-    return [task for task in (tuple(parts[i] for i in c) for c in combinations_with_replacement(range(len(parts)), t))
-            if _feasible(task)]
+    picks = itertools.combinations_with_replacement(range(len(parts)), t)
+    return [task for task in (tuple(parts[i] for i in c) for c in picks) if _feasible(task)]
 
 
 def _feasible(task: Task) -> bool:
@@ -123,7 +128,8 @@ def kids(job: Job) -> list[Job]:
     if isinstance(job, Cross):
         if len(job.a) == 1 and len(job.b) == 1:  # the task of these two groups: the same block
             return split(tuple(sorted((job.a[0], job.b[0]))))
-        a, b = (job.a, job.b) if (len(job.b) == 1 or (len(job.a) > 1 and _pixels(job.a) >= _pixels(job.b))) else (job.b, job.a)
+        a_first = len(job.b) == 1 or (len(job.a) > 1 and _pixels(job.a) >= _pixels(job.b))
+        a, b = (job.a, job.b) if a_first else (job.b, job.a)
         h = len(a) // 2
         return [Cross(a[:h], b), Cross(a[h:], b)]
     return list(split(job))

@@ -6,10 +6,12 @@
   corners/centres of undecided boxes are evaluated to find counterexamples. Complete up to
   ``MAX_DEPTH`` bisections: proven or refuted unless time runs out. On networks wider than
   ``LIGHT_WIDTH`` neurons the ball's intermediate bounds are light (``Problem.light``: CROWN for
-  the first layer, intervals after it): there they serve only the float32 rounding magnitudes
-  and a one-pass check that rarely proves, and full CROWN over the ball costs more than the boxes.
-- t >= 2: the one-pass bound; an attack (all single-pixel corners, then a beam search over corner
-  assignments of the most sensitive pixels); then branch and bound over pixels ("p unchanged"
+  the first layer, intervals after it; at every t): there they serve only the float32 rounding
+  magnitudes and a one-pass check that rarely proves, and full CROWN over the ball costs more than
+  the boxes.
+- t >= 2: the one-pass bound; an attack (all single-pixel corners, skipped when t = 1 has just
+  proven every pixel box, then a beam search over corner assignments of the most sensitive
+  pixels); then branch and bound over pixels ("p unchanged"
   versus "p changed, budget t - 1"), domains whose budget reaches 0 becoming boxes as for t = 1.
   When branch and bound has not finished within ``COVER_SWITCH_SHARE`` of the time left (or at
   once, when the one-pass bound is below ``-COVER_DIRECT`` clean margins), covering blocks take
@@ -61,7 +63,7 @@ COVER_MAX_GROUP = 128  # pixels per group at most
 COVER_PROBE_LEVELS = (2.0, 4.0, 8.0)  # predicted loads (in COVER_SHARE) probed by ``_Cover._calibrate``
 COVER_PROBE_BLOCKS = 4  # ... with this many random blocks each
 COVER_PROBE_PROVEN = 0.75  # ... of which this share must be proven for the level to count
-LIGHT_WIDTH = 4_000  # t = 1 on networks with more neurons than this: light ball bounds (``Problem.light``)
+LIGHT_WIDTH = 4_000  # networks with more neurons than this: light ball bounds (``Problem.light``)
 
 
 class _Timer:
@@ -151,9 +153,9 @@ def certify(
         # a near-tie that float32 and float64 may break differently: claim nothing
         return Verdict("unknown", None, timer.elapsed(), "the clean input is a near-tie with ref")
     t = int(max(0, min(t, prob.P)))
-    # t = 1 on a wide network is decided by its single-pixel boxes: the ball's bounds are needed
-    # only for the rounding magnitudes and the one-pass check, and CROWN on every intermediate
-    # neuron of the ball would cost more than all the boxes together
+    # a wide network is decided by its single-pixel boxes (t = 1) or its blocks (t >= 2, which use
+    # none of the ball's terms): the ball's bounds serve the rounding magnitudes of boxes and the
+    # one-pass check, and CROWN on every intermediate neuron of the ball costs more than it gives
     prob.light = split and sum(nd.size for nd in net.nodes) > LIGHT_WIDTH
     # a time limit also stops a pass of bounds midway (OutOfTime): the ball's bounds on a wide
     # network take seconds; the one-pass bound without a limit always runs to the end

@@ -7,8 +7,8 @@
   once it has used its share of the time, the covering blocks of ``certify/cover.py`` (complete:
   every t-subset of pixels lies in a proven block or ends as a box).
 
-The attacks are the mixin ``_Attacks`` (``certify/attacks.py``), the blocks ``_Cover``. The tuning constants live in
-``certify/search.py`` and are read through it (``knobs``) when used.
+The attacks are the mixin ``_Attacks`` (``certify/attacks.py``), the blocks ``_Cover``. The tuning
+constants live in ``certify/search.py`` and are read through it (``knobs``) when used.
 """
 
 from __future__ import annotations
