@@ -213,18 +213,21 @@ class _Cover:
             while len(_T1_BOUNDS) > _T1_KEEP:
                 _T1_BOUNDS.pop(next(iter(_T1_BOUNDS)))
 
+    def _t1_bounds(self) -> np.ndarray | None:
+        """``[P, K-1]``: the pixel boxes' bounds t = 1 kept for this input, if it ran just before."""
+        return _T1_BOUNDS.get(self._t1_key())
+
     def _load(self) -> np.ndarray | None:
         """``[P, K-1]``: what changing each pixel alone can cost each margin, in clean margins: the
         clean margin minus its single-pixel box's lower bound (None: out of time). Summed over a
         block's pixels it predicts the block (on the zoo's CNNs: below 0.8 all were proven, above
         1.2 none)."""
         prob = self.prob
-        z0 = prob.net.forward(prob.x0[None])[0]
-        m0 = np.maximum(z0[self.ref] - np.delete(z0, self.ref), 1e-12)
-        lb = _T1_BOUNDS.get(self._t1_key())  # the engine certified t = 1 just before
+        m0 = np.maximum(self.clean_margins, 1e-12)  # type: ignore[attr-defined]
+        lb = self._t1_bounds()  # the engine certified t = 1 just before
         if lb is None:
             boxes = self._pixel_boxes(np.arange(prob.P))  # type: ignore[attr-defined]
-            n = self._box_chunk(boxes)  # type: ignore[attr-defined]
+            n = self._memory_chunk(boxes.S.shape[1])  # type: ignore[attr-defined]
             parts = []
             for s in range(0, prob.P, n):
                 if self.timer.out():  # type: ignore[attr-defined]
@@ -357,7 +360,7 @@ class _Cover:
                 continue
             # one size class per batch (padding costs as much as a scalar)
             size = -heap[0][0]
-            n = self._box_chunk_for(size * int(prob.pixel_scalars.shape[1]))
+            n = self._box_chunk(size * int(prob.pixel_scalars.shape[1]), self.sec_per_block)  # type: ignore[attr-defined]
             batch: list[Job] = []
             while heap and len(batch) < n and -heap[0][0] * 2 > size:
                 batch.append(heapq.heappop(heap)[2])
@@ -374,16 +377,3 @@ class _Cover:
                 return "refuted"
             push([k for i in fail for k in kids(batch[i])])
         return None
-
-    def _box_chunk_for(self, f: int) -> int:
-        """Blocks per batch: the memory cap of ``_box_chunk``, and under a deadline the blocks the
-        time left affords at the last batch's seconds per block."""
-        width = sum(nd.size for nd in self.prob.net.nodes)
-        n = max(1, knobs.BOX_CHUNK_FLOATS // max(1, 2 * (f + 1) * width))
-        deadline = self.timer.deadline  # type: ignore[attr-defined]
-        if deadline is not None:
-            if self.sec_per_block is None:
-                n = min(n, 4)
-            else:
-                n = min(n, max(1, int((deadline - time.perf_counter()) / self.sec_per_block)))
-        return n

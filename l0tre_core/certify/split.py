@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from l0tre_core.certify import cover
 from l0tre_core.certify import search as knobs
 from l0tre_core.certify._types import Verdict
 from l0tre_core.certify.attacks import _Attacks
@@ -51,6 +50,7 @@ class _Search(_Attacks, _Cover):
         self.n_block_scalars = 0
         self.cover_scale = 1.0  # the predictor's calibration (``_Cover._calibrate``)
         self._t1_lb: np.ndarray | None = None  # t = 1: each pixel box's bounds (``_keep_t1_bounds``)
+        self._clean_margins: np.ndarray | None = None
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -74,10 +74,29 @@ class _Search(_Attacks, _Cover):
         return self._run_bnb(lb, a_in)
 
     # -- boxes ------------------------------------------------------------------------------------
-    def _box_chunk(self, boxes: Boxes) -> int:
-        f = boxes.S.shape[1]
+    def _memory_chunk(self, f: int) -> int:
+        """Boxes (or blocks) of ``f`` free scalars per batch that memory allows."""
         width = sum(nd.size for nd in self.net.nodes)
         return max(1, knobs.BOX_CHUNK_FLOATS // max(1, 2 * (f + 1) * width))
+
+    def _box_chunk(self, f: int, sec_per: float | None) -> int:
+        """``_memory_chunk``, and under a deadline what the time left affords at ``sec_per``
+        seconds a box (a batch cannot be interrupted; before any was timed, a small first batch
+        measures it)."""
+        n = self._memory_chunk(f)
+        if self.timer.deadline is not None:
+            if sec_per is None:
+                return min(n, FIRST_BATCH)
+            return min(n, max(1, int((self.timer.deadline - time.perf_counter()) / sec_per)))
+        return n
+
+    @property
+    def clean_margins(self) -> np.ndarray:
+        """``[K-1]``: ``z_ref - z_k`` at the clean input (computed once)."""
+        if self._clean_margins is None:
+            z0 = self.net.forward(self.prob.x0[None])[0]
+            self._clean_margins = z0[self.ref] - np.delete(z0, self.ref)
+        return self._clean_margins
 
     def _process_boxes(self, boxes: Boxes) -> Boxes | None:
         """Bound one batch of boxes; return the children of the undecided ones (None: witness)."""
@@ -140,15 +159,7 @@ class _Search(_Attacks, _Cover):
             if self.timer.out():
                 return "timeout"
             boxes = queue.pop()
-            n = self._box_chunk(boxes)
-            if self.timer.deadline is not None:
-                # a batch cannot be interrupted: size it to end by the deadline, from the seconds a
-                # box took so far (a small first batch measures it)
-                if self.sec_per_box is None:
-                    n = min(n, FIRST_BATCH)
-                else:
-                    left = self.timer.deadline - time.perf_counter()
-                    n = min(n, max(1, int(left / self.sec_per_box)))
+            n = self._box_chunk(boxes.S.shape[1], self.sec_per_box)
             if len(boxes) > n:
                 queue.append(boxes.take(np.arange(n, len(boxes))))
                 boxes = boxes.take(np.arange(n))
@@ -219,7 +230,7 @@ class _Search(_Attacks, _Cover):
         return x
 
     def _run_bnb(self, lb: np.ndarray, a_in: np.ndarray | None) -> Verdict:
-        t1 = cover._T1_BOUNDS.get(self._t1_key())
+        t1 = self._t1_bounds()
         if t1 is not None and (t1 > 0).all():
             # t = 1 was proven on this input just before: no single pixel flips it, and its pixel
             # boxes' bounds rank the pixels for the beam (the corner attack would cost a model
@@ -232,8 +243,7 @@ class _Search(_Attacks, _Cover):
         if self._attack_beam(single):
             return self.verdict("attack: beam")
         prob = self.prob
-        z0 = self.net.forward(prob.x0[None])[0]
-        if lb.min() < -knobs.COVER_DIRECT * float(z0[self.ref] - np.delete(z0, self.ref).max()):
+        if lb.min() < -knobs.COVER_DIRECT * float(self.clean_margins.min()):
             # the one-pass bound is off by more than the clean margin (CNNs): branch and bound on
             # the ball's bounds would not finish; the blocks start at once
             return self._cover_verdict()
