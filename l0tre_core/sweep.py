@@ -316,7 +316,7 @@ class SearchContext:
             return step if first else 0
         if self.seconds_per_eval is None:
             return max(1, min(step, PROBE_EVALUATIONS // per_subset))
-        fits = min(step, int(left / (self.seconds_per_eval * per_subset)))
+        fits = int(min(step, left / (self.seconds_per_eval * per_subset)))  # (left may be inf)
         return max(1, fits) if first else fits
 
     # --- upper bound ------------------------------------------------------------------------------

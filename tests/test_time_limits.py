@@ -129,6 +129,19 @@ def test_chunks_shrink_to_end_by_the_deadline(problem: tuple[Any, Any]) -> None:
     assert ctx._chunk_by(time.monotonic() - 1.0, 64, 4, first=True) == 64  # past the deadline: as it always was
 
 
+def test_an_infinite_limit_is_no_limit(problem: tuple[Any, Any]) -> None:
+    """``--input-time-limit inf`` (found by the CLI fuzz test: int(inf) raised OverflowError)."""
+    from helpers import invoke
+
+    clf, data = problem
+    ctx = _context(clf, data)
+    ctx.seconds_per_eval = 0.01
+    assert ctx._chunk_by(float("inf"), 64, 4) == 64
+    res = invoke(["robustness", "--n", "1", "--max-t", "1", "--input-time-limit", "inf"])
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == 0, res.output
+
+
 def test_a_sweep_done_within_its_limit_equals_the_unlimited_one(problem: tuple[Any, Any]) -> None:
     """Chunks change size only under a deadline; a sweep that ends within it finds what the
     unlimited one finds: the same flip, or the same complete ranking."""

@@ -87,7 +87,7 @@ class _Search(_Attacks, _Cover):
         if self.timer.deadline is not None:
             if sec_per is None:
                 return min(n, FIRST_BATCH)
-            return min(n, max(1, int((self.timer.deadline - time.perf_counter()) / sec_per)))
+            return max(1, int(min(n, (self.timer.deadline - time.perf_counter()) / sec_per)))  # (may be inf)
         return n
 
     @property
