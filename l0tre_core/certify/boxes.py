@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.certify import float32
+from l0tre_core.certify import float32, local
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_values
@@ -207,14 +207,14 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
 
 
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
-             record: dict[str, Any] | None = None,
-             inside_ball: bool = True) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+             record: dict[str, Any] | None = None, inside_ball: bool = True,
+             cones_out: dict[int, np.ndarray] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
     With ``clean`` (``_clean``), each box's cone (the nodes its free scalars reach) is tracked and
     convolutions are evaluated over the cone only, plus the clean rows' images. ``record``: keep
-    the clean box's rows per node (``_clean``). Also returns each linear node's float32 rounding
+    the clean box's rows per node (``_clean``); ``cones_out``: keep every node's cone there. Also returns each linear node's float32 rounding
     bound per box ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic)."""
     net = prob.net
     nodes = net.nodes
@@ -365,7 +365,10 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             if last[p] == j and p != 0:
                 L.pop(p, None)
                 U.pop(p, None)
-                cone.pop(p, None)
+                if cones_out is None:
+                    cone.pop(p, None)
+    if cones_out is not None:
+        cones_out.update(cone)
     return bounds, L[net.output], U[net.output], eps_box
 
 
@@ -383,28 +386,62 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     dlo = np.where(real, boxes.dlo, 0.0)
     dhi = np.where(real, boxes.dhi, 0.0)
     clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
-    bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean, inside_ball=inside_ball)
-    out = net.output
+    cones: dict[int, np.ndarray] | None = {} if clean is not None and local.ENABLED else None
+    bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean, inside_ball=inside_ball,
+                                               cones_out=cones)
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
     fwd = _lin_lower(rows, dlo, dhi)
     hint = np.transpose(rows[:, :-1, :], (0, 2, 1))
+    if prob.exact_arithmetic:
+        slack = np.zeros((len(boxes), 1))
+    elif inside_ball:
+        slack = np.full((len(boxes), 1), prob.final_slack)
+    else:
+        slack = _final_slack(prob, bounds)[:, None]
+    lb = fwd.copy()
     # backward CROWN on the specification, with the intermediate bounds just found
-    undecided = (fwd <= 0).any(axis=1)
-    lb = fwd
-    if undecided.any():
-        sel = np.nonzero(undecided)[0]
-        sub = [(bounds[i][0][sel], bounds[i][1][sel]) if bounds[i] is not None else None for i in range(len(nodes))]
-        rx2 = _Relax(net, sub)
-        c = spec_matrix(net.n_outputs, ref)
-        bi = BoxInput(S[sel], dlo[sel], dhi[sel])
-        blb, _ = backward(prob, rx2, out, c[None], None, sel.size, box=bi,
-                          rounding={k: v[sel] for k, v in eps_box.items()})
-        lb = fwd.copy()
-        lb[sel] = np.maximum(fwd[sel], blb)
-    if not prob.exact_arithmetic:
-        lb = lb - (prob.final_slack if inside_ball else _final_slack(prob, bounds)[:, None])
-    return lb, hint
+    sel = np.nonzero((fwd <= 0).any(axis=1))[0]
+    if sel.size:
+        lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref))
+    # then each undecided box's intermediate bounds by backward CROWN over its cone, and again
+    # (only where the margins are within reach: a box far below zero is split anyway)
+    reach = -local.REACH * np.abs(clean_margins(prob, ref))[None, :]
+    sel = np.nonzero(((lb - slack <= 0) & (lb - slack >= reach)).any(axis=1) & (lb - slack >= reach).all(axis=1))[0]
+    if local.ENABLED and inside_ball and sel.size:
+        sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
+        sub_cones = None if cones is None else {k: v[sel] for k, v in cones.items()}
+        sub_eps = {k: v[sel] for k, v in eps_box.items()}
+        tight = local.tighten(prob, S[sel], dlo[sel], dhi[sel], sub, sub_cones, sub_eps, _clean(prob),
+                              spec_matrix(net.n_outputs, ref))
+        lb[sel] = np.maximum(lb[sel], tight)
+        # the local margins charge the float32 band of every value outside the cone at every
+        # layer, the full-width pass each layer's own rounding once: where the local margins do
+        # not decide, the full-width pass runs on the tightened bounds
+        rest = np.nonzero((lb[sel] - slack[sel] <= 0).any(axis=1))[0]
+        if rest.size:
+            lb[sel[rest]] = np.maximum(lb[sel[rest]], _spec_backward(prob, sub, rest, S[sel], dlo[sel], dhi[sel], sub_eps, ref))
+    return lb - slack, hint
+
+
+def clean_margins(prob: Problem, ref: int) -> np.ndarray:
+    """``[K-1]``: the margins ``z_ref - z_k`` at the clean input (cached on ``prob``)."""
+    cache = prob.__dict__.setdefault("_clean_margins", {})
+    if ref not in cache:
+        z0 = prob.net.forward(prob.x0[None])[0]
+        cache[ref] = z0[ref] - np.delete(z0, ref)
+    return cache[ref]
+
+
+def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndarray, dlo: np.ndarray,
+                   dhi: np.ndarray, eps_box: dict[int, np.ndarray], ref: int) -> np.ndarray:
+    """Backward CROWN on the margins of boxes ``sel``, with the intermediate ``bounds`` given."""
+    net = prob.net
+    sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
+    c = spec_matrix(net.n_outputs, ref)
+    blb, _ = backward(prob, _Relax(net, sub), net.output, c[None], None, sel.size, box=BoxInput(S[sel], dlo[sel], dhi[sel]),
+                      rounding={k: v[sel] for k, v in eps_box.items()})
+    return blb
 
 
 def _final_slack(prob: Problem, bounds: list[Any]) -> np.ndarray:

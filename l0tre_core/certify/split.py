@@ -21,7 +21,7 @@ from l0tre_core.certify import search as knobs
 from l0tre_core.certify._types import Verdict
 from l0tre_core.certify.attacks import _Attacks
 from l0tre_core.certify.bounds import spec_bounds
-from l0tre_core.certify.boxes import Boxes, box_bounds
+from l0tre_core.certify.boxes import Boxes, box_bounds, clean_margins
 from l0tre_core.certify.cover import _Cover
 from l0tre_core.certify.problem import Domains, Problem, pixel_terms
 from l0tre_core.certify.search import _Timer
@@ -50,7 +50,6 @@ class _Search(_Attacks, _Cover):
         self.n_block_scalars = 0
         self.cover_scale = 1.0  # the predictor's calibration (``_Cover._calibrate``)
         self._t1_lb: np.ndarray | None = None  # t = 1: each pixel box's bounds (``_keep_t1_bounds``)
-        self._clean_margins: np.ndarray | None = None
 
     def verdict(self, detail: str) -> Verdict:
         if self.witness is not None:
@@ -92,11 +91,8 @@ class _Search(_Attacks, _Cover):
 
     @property
     def clean_margins(self) -> np.ndarray:
-        """``[K-1]``: ``z_ref - z_k`` at the clean input (computed once)."""
-        if self._clean_margins is None:
-            z0 = self.net.forward(self.prob.x0[None])[0]
-            self._clean_margins = z0[self.ref] - np.delete(z0, self.ref)
-        return self._clean_margins
+        """``[K-1]``: ``z_ref - z_k`` at the clean input (computed once per problem)."""
+        return clean_margins(self.prob, self.ref)
 
     def _process_boxes(self, boxes: Boxes) -> Boxes | None:
         """Bound one batch of boxes; return the children of the undecided ones (None: witness)."""
