@@ -11,6 +11,7 @@ to the free columns (``BoxInput``). Sound for the network evaluated in float32, 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from l0tre_core.certify import float32, local
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
-from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_values
+from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, pool_values
 from l0tre_core.certify.ops.affine import ConvOp
 from l0tre_core.certify.problem import Problem
 
@@ -99,7 +100,7 @@ def _clean(prob: Problem) -> dict[str, Any]:
     if key not in cache:
         empty = np.full((1, 1), -1, dtype=np.int64)
         zero = np.zeros((1, 1))
-        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}}
+        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}, "pool": {}}
         _forward(prob, empty, zero, zero, None, rec)
         cache[key] = rec
     return cache[key]
@@ -145,6 +146,28 @@ def _convs_after(net: Any, j: int) -> bool:
     if j not in cache:
         cache[j] = any(isinstance(w, ConvOp) for nd in net.nodes[j + 1:] for w in nd.mats)
     return cache[j]
+
+
+def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.ndarray,
+                     clean: tuple[tuple[np.ndarray, np.ndarray], PoolRelax]) -> tuple[tuple[np.ndarray, np.ndarray], PoolRelax]:
+    """A max-pool's interval bounds and relaxation over boxes, computed only on the outputs some
+    box's cone reaches (``cone [B, Dout]``): every other output reads only values the clean box
+    bounds, so the clean box's bounds and relaxation hold for it (they are taken as they are)."""
+    (cl, cu), cpr = clean
+    b = cone.shape[0]
+    cols = np.nonzero(cone.any(axis=0))[0]
+    sub = copy.copy(nd)
+    sub.pool_idx = nd.pool_idx[cols]
+    lo, hi = nonlinear_interval(sub, *parent)
+    pr = pool_relax(sub, *parent)
+
+    def put(full: np.ndarray, part: np.ndarray) -> np.ndarray:
+        out = np.broadcast_to(full, (b,) + full.shape[1:]).copy()
+        out[:, cols] = part
+        return out
+
+    return (put(cl, lo), put(cu, hi)), PoolRelax(put(cpr.istar, pr.istar), put(cpr.slope, pr.slope),
+                                                 put(cpr.off, pr.off), put(cpr.ub, pr.ub))
 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
@@ -208,13 +231,14 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
 
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
              record: dict[str, Any] | None = None, inside_ball: bool = True,
-             cones_out: dict[int, np.ndarray] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+             cones_out: dict[int, np.ndarray] | None = None, pools_out: dict[int, PoolRelax] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
     With ``clean`` (``_clean``), each box's cone (the nodes its free scalars reach) is tracked and
     convolutions are evaluated over the cone only, plus the clean rows' images. ``record``: keep
-    the clean box's rows per node (``_clean``); ``cones_out``: keep every node's cone there. Also returns each linear node's float32 rounding
+    the clean box's rows per node (``_clean``); ``cones_out``: keep every node's cone there;
+    ``pools_out``: every max-pool's relaxation. Also returns each linear node's float32 rounding
     bound per box ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic)."""
     net = prob.net
     nodes = net.nodes
@@ -309,9 +333,16 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 bounds[j] = (l, np.maximum(u, l))
         elif nd.kind == "maxpool":
             p = nd.parents[0]
-            l, u = bounds[p]
-            bounds[j] = nonlinear_interval(nd, l, u)
+            if clean is not None:
+                cone[j] = pool_values(cone[p], nd, False).any(axis=-1)
+                bounds[j], rx.cache[j] = _pool_over_cones(nd, bounds[p], cone[j], clean["pool"][j])
+            else:
+                bounds[j] = nonlinear_interval(nd, *bounds[p])
             pr: PoolRelax = rx.get(j)
+            if record is not None:
+                record["pool"][j] = (bounds[j], pr)
+            if pools_out is not None:
+                pools_out[j] = pr
             gi = np.broadcast_to(pr.istar[:, None, :], (b, f + 1, nd.size))
             L[j] = np.take_along_axis(L[p], gi, axis=2)
             # upper: off + sum_k slope_k x[idx_k] <= off + sum_k slope_k U_p[idx_k] (slopes >= 0),
@@ -336,16 +367,18 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 sub[:, -1, :] = np.where(over, ubj, sub[:, -1, :])
                 up_rows[:, :, cols] = sub
             U[j] = up_rows
-            if clean is not None:
-                cone[j] = pool_values(cone[p], nd, False).any(axis=-1)
         else:
             p = nd.parents[0]
             l, u = bounds[p]
             bounds[j] = nonlinear_interval(nd, l, u)
             sl, bl, su, bu = rx.get(j)
             lp, up = L[p], U[p]
-            lo_rows = np.maximum(sl, 0)[:, None, :] * lp + np.minimum(sl, 0)[:, None, :] * up
-            up_rows = np.maximum(su, 0)[:, None, :] * up + np.minimum(su, 0)[:, None, :] * lp
+            if nd.kind == "relu":  # its slopes lie in [0, 1]
+                lo_rows = sl[:, None, :] * lp
+                up_rows = su[:, None, :] * up
+            else:
+                lo_rows = np.maximum(sl, 0)[:, None, :] * lp + np.minimum(sl, 0)[:, None, :] * up
+                up_rows = np.maximum(su, 0)[:, None, :] * up + np.minimum(su, 0)[:, None, :] * lp
             lo_rows[:, -1, :] += bl
             up_rows[:, -1, :] += bu
             L[j], U[j] = lo_rows, up_rows
@@ -387,8 +420,9 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     dhi = np.where(real, boxes.dhi, 0.0)
     clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
     cones: dict[int, np.ndarray] | None = {} if clean is not None and local.ENABLED else None
+    pools: dict[int, PoolRelax] = {}
     bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean, inside_ball=inside_ball,
-                                               cones_out=cones)
+                                               cones_out=cones, pools_out=pools)
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
     fwd = _lin_lower(rows, dlo, dhi)
@@ -403,7 +437,7 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     # backward CROWN on the specification, with the intermediate bounds just found
     sel = np.nonzero((fwd <= 0).any(axis=1))[0]
     if sel.size:
-        lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref))
+        lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref, pools))
     # then each undecided box's intermediate bounds by backward CROWN over its cone, and again
     # (only where the margins are within reach: a box far below zero is split anyway)
     reach = -local.REACH * np.abs(clean_margins(prob, ref))[None, :]
@@ -434,12 +468,17 @@ def clean_margins(prob: Problem, ref: int) -> np.ndarray:
 
 
 def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndarray, dlo: np.ndarray,
-                   dhi: np.ndarray, eps_box: dict[int, np.ndarray], ref: int) -> np.ndarray:
-    """Backward CROWN on the margins of boxes ``sel``, with the intermediate ``bounds`` given."""
+                   dhi: np.ndarray, eps_box: dict[int, np.ndarray], ref: int,
+                   pools: dict[int, PoolRelax] | None = None) -> np.ndarray:
+    """Backward CROWN on the margins of boxes ``sel``, with the intermediate ``bounds`` given (and
+    the max-pools' relaxations over them, when already computed)."""
     net = prob.net
     sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
+    rx = _Relax(net, sub)
+    for j, pr in (pools or {}).items():
+        rx.cache[j] = PoolRelax(pr.istar[sel], pr.slope[sel], pr.off[sel], pr.ub[sel])
     c = spec_matrix(net.n_outputs, ref)
-    blb, _ = backward(prob, _Relax(net, sub), net.output, c[None], None, sel.size, box=BoxInput(S[sel], dlo[sel], dhi[sel]),
+    blb, _ = backward(prob, rx, net.output, c[None], None, sel.size, box=BoxInput(S[sel], dlo[sel], dhi[sel]),
                       rounding={k: v[sel] for k, v in eps_box.items()})
     return blb
 

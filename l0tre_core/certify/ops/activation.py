@@ -276,7 +276,9 @@ def nonlinear_interval(nd: Node, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarr
         return pool_values(l, nd, -np.inf).max(axis=-1), pool_values(u, nd, -np.inf).max(axis=-1)
     if kind in ("sigmoid", "tanh"):
         return _f(kind, l) - _allowance(kind), _f(kind, u) + _allowance(kind)
-    a = 0.0 if kind == "relu" else float(nd.alpha)
+    if kind == "relu":
+        return np.maximum(l, 0.0), np.maximum(u, 0.0)
+    a = float(nd.alpha)
 
     def f(z: np.ndarray) -> np.ndarray:
         return np.where(z >= 0, z, a * z)
