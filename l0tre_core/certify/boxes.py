@@ -11,7 +11,6 @@ to the free columns (``BoxInput``). Sound for the network evaluated in float32, 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from l0tre_core.certify import float32, local
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
-from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, pool_values
+from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax_windows, pool_values, relax
 from l0tre_core.certify.ops.affine import ConvOp
 from l0tre_core.certify.problem import Problem
 
@@ -100,7 +99,7 @@ def _clean(prob: Problem) -> dict[str, Any]:
     if key not in cache:
         empty = np.full((1, 1), -1, dtype=np.int64)
         zero = np.zeros((1, 1))
-        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}, "pool": {}}
+        rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}, "pool": {}, "pool_up": {}, "act": {}}
         _forward(prob, empty, zero, zero, None, rec)
         cache[key] = rec
     return cache[key]
@@ -150,24 +149,41 @@ def _convs_after(net: Any, j: int) -> bool:
 
 def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.ndarray,
                      clean: tuple[tuple[np.ndarray, np.ndarray], PoolRelax]) -> tuple[tuple[np.ndarray, np.ndarray], PoolRelax]:
-    """A max-pool's interval bounds and relaxation over boxes, computed only on the outputs some
-    box's cone reaches (``cone [B, Dout]``): every other output reads only values the clean box
-    bounds, so the clean box's bounds and relaxation hold for it (they are taken as they are)."""
+    """A max-pool's interval bounds and relaxation over boxes, computed only on each box's cone
+    (``cone [B, Dout]``): every other output reads only values the clean box bounds, so the clean
+    box's bounds and relaxation hold for it (they are taken as they are)."""
     (cl, cu), cpr = clean
     b = cone.shape[0]
-    cols = np.nonzero(cone.any(axis=0))[0]
-    sub = copy.copy(nd)
-    sub.pool_idx = nd.pool_idx[cols]
-    lo, hi = nonlinear_interval(sub, *parent)
-    pr = pool_relax(sub, *parent)
+    bi, ci = np.nonzero(cone)
+    idx = nd.pool_idx[ci]  # [N, K]
+    pad = idx < 0
+    safe = np.where(pad, 0, idx)
+    lw = np.where(pad, -np.inf, parent[0][bi[:, None], safe])
+    uw = np.where(pad, -np.inf, parent[1][bi[:, None], safe])
+    pr = pool_relax_windows(lw, uw, idx)
 
     def put(full: np.ndarray, part: np.ndarray) -> np.ndarray:
         out = np.broadcast_to(full, (b,) + full.shape[1:]).copy()
-        out[:, cols] = part
+        out[bi, ci] = part
         return out
 
-    return (put(cl, lo), put(cu, hi)), PoolRelax(put(cpr.istar, pr.istar), put(cpr.slope, pr.slope),
-                                                 put(cpr.off, pr.off), put(cpr.ub, pr.ub))
+    return (put(cl, lw.max(axis=-1)), put(cu, uw.max(axis=-1))), PoolRelax(
+        put(cpr.istar, pr.istar), put(cpr.slope, pr.slope), put(cpr.off, pr.off), put(cpr.ub, pr.ub))
+
+
+def _act_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.ndarray,
+                    clean: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """An activation's relaxation over boxes, computed only on each box's cone (``cone [B, D]``):
+    elsewhere its input's bounds are the clean box's, and so is the relaxation."""
+    b = cone.shape[0]
+    bi, ci = np.nonzero(cone)
+    part = relax(nd, parent[0][bi, ci], parent[1][bi, ci])
+    out = []
+    for full, val in zip(clean, part):
+        arr = np.broadcast_to(full, (b,) + full.shape[1:]).copy()
+        arr[bi, ci] = val
+        out.append(arr)
+    return tuple(out)
 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
@@ -347,31 +363,56 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             L[j] = np.take_along_axis(L[p], gi, axis=2)
             # upper: off + sum_k slope_k x[idx_k] <= off + sum_k slope_k U_p[idx_k] (slopes >= 0),
             # a constant (at most ub) wherever no window input has a slope: only the windows with
-            # one (few, near the free scalars) are computed
+            # one are computed; with cones, only each box's own (elsewhere its row is the clean
+            # box's constant row)
             up_rows = np.zeros((b, f + 1, nd.size))
-            up_rows[:, -1, :] = pr.off
-            cols = np.nonzero((pr.slope != 0).any(axis=(0, 2)))[0]
-            if cols.size:
-                win = nd.pool_idx[cols]
-                vals = U[p][:, :, np.where(win < 0, 0, win)]  # [B, F+1, C, K]; padding has slope 0
-                sub = up_rows[:, :, cols] + np.einsum("bfck,bck->bfc", vals, pr.slope[:, cols, :])
+            if clean is not None:
+                up_rows[:, -1, :] = clean["pool_up"][j]
+                bi, ci = np.nonzero(cone[j])
+            else:
+                up_rows[:, -1, :] = pr.off
+                ci = np.nonzero((pr.slope != 0).any(axis=(0, 2)))[0]
+                bi = None
+            if ci.size:
+                win = nd.pool_idx[ci]
+                safe = np.where(win < 0, 0, win)  # padding has slope 0
+                if bi is None:
+                    vals = np.moveaxis(U[p][:, :, safe], 1, -1)  # [B, C, K, F+1]
+                    slope, off, ubj = pr.slope[:, ci, :], pr.off[:, ci], bounds[j][1][:, ci]
+                    lo_d, hi_d = dlo[:, None, :], dhi[:, None, :]
+                else:
+                    vals = U[p][bi[:, None], :, safe]  # [N, K, F+1]
+                    slope, off, ubj = pr.slope[bi, ci], pr.off[bi, ci], bounds[j][1][bi, ci]
+                    lo_d, hi_d = dlo[bi], dhi[bi]
+                sub = np.einsum("...kf,...k->...f", vals, slope)  # [..., F+1]
+                sub[..., -1] += off
                 # U_p's rows may reach above the interval bounds u_p (those are the tighter of
                 # two bounds): where this row's maximum over the box exceeds the interval bound,
                 # the constant is used, so that the row is never above it anywhere in the box.
                 # Both are valid; the tolerance keeps float64 noise from choosing (a row of the
                 # dominating input often reaches exactly its own bound), so that bounds over a
                 # box's cone equal those over the whole input
-                ubj = bounds[j][1][:, cols]
-                over = _lin_upper(sub, dlo, dhi) > ubj + 1e-9 * (1.0 + np.abs(ubj))
-                sub = np.where(over[:, None, :], 0.0, sub)
-                sub[:, -1, :] = np.where(over, ubj, sub[:, -1, :])
-                up_rows[:, :, cols] = sub
+                co = sub[..., :-1]
+                top = sub[..., -1] + (np.abs(co) * 0.5 * (hi_d - lo_d) + co * 0.5 * (hi_d + lo_d)).sum(axis=-1)
+                over = top > ubj + 1e-9 * (1.0 + np.abs(ubj))
+                sub = np.where(over[..., None], 0.0, sub)
+                sub[..., -1] = np.where(over, ubj, sub[..., -1])
+                if bi is None:
+                    up_rows[:, :, ci] = np.moveaxis(sub, -1, 1)
+                else:
+                    up_rows[bi, :, ci] = sub
             U[j] = up_rows
+            if record is not None:
+                record["pool_up"][j] = up_rows[0, -1].copy()
         else:
             p = nd.parents[0]
             l, u = bounds[p]
             bounds[j] = nonlinear_interval(nd, l, u)
+            if clean is not None and j in clean["act"]:
+                rx.cache[j] = _act_over_cones(nd, (l, u), cone[p], clean["act"][j])
             sl, bl, su, bu = rx.get(j)
+            if record is not None:
+                record["act"][j] = (sl, bl, su, bu)
             lp, up = L[p], U[p]
             if nd.kind == "relu":  # its slopes lie in [0, 1]
                 lo_rows = sl[:, None, :] * lp

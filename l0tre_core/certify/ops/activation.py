@@ -326,11 +326,14 @@ def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
     the box (``T + s_j (u_j - l_j) = u_j = ub``). ``l_i = u_i`` inputs are never in ``C`` (``u_i
     = l_i <= L*``), nor padding entries (``-inf``); ties in ``l`` do not matter (only the value
     ``L*`` enters). MaxPool is exact in float32, so no rounding term."""
-    lw = pool_values(l, nd, -np.inf)  # [B, Dout, K]
-    uw = pool_values(u, nd, -np.inf)
+    assert nd.pool_idx is not None
+    return pool_relax_windows(pool_values(l, nd, -np.inf), pool_values(u, nd, -np.inf), nd.pool_idx)
+
+
+def pool_relax_windows(lw: np.ndarray, uw: np.ndarray, idx: np.ndarray) -> PoolRelax:
+    """``pool_relax`` from the window values ``lw``/``uw [..., Dout, K]`` (padding ``-inf``) and
+    the window table ``idx [..., Dout, K]`` (broadcast against them)."""
     k = np.argmax(lw, axis=-1)
-    idx = nd.pool_idx
-    assert idx is not None
     istar = np.take_along_axis(np.broadcast_to(idx, lw.shape), k[..., None], axis=-1)[..., 0]
     lstar = np.take_along_axis(lw, k[..., None], axis=-1)[..., 0]
     ub = uw.max(axis=-1)
