@@ -65,6 +65,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return out
 
     monkeypatch.setattr(local, "tighten", spy)
+    monkeypatch.setattr(local, "ENABLED", True)
     return calls
 
 

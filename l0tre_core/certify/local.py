@@ -22,11 +22,12 @@ from l0tre_core.certify.network import apply_mat, rows_of
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, relax
 from l0tre_core.certify.problem import Problem
 
-# on by default for the boxes of t pixels (``box_bounds`` inside the ball); the forward-mode
-# bounds alone when False (benchmarks compare the two). Not for the cover's blocks of many pixels:
-# on the max-pool CNN it proved 13-28 points more 16-pixel blocks at 2-4x the time per block, and
-# the cover got through fewer blocks in the same time
-ENABLED = True
+# off by default: measured on single-pixel boxes (``benchmarks/certify_local.py``, RESULTS.md), it
+# proves a few more sub-boxes of the ResNet in float64 (69 -> 72 %) but not in float32 (66 -> 67 %),
+# where the band charged outside the cone at every layer eats the gain, and it costs 20-25 % more
+# time per box there; no benchmark row decided more inputs with it. When on, it runs for the boxes
+# of t pixels (``box_bounds`` inside the ball), not for the cover's blocks
+ENABLED = False
 # a box goes through this pass only when every margin bound is above -REACH clean margins: the
 # pass narrows a box's margin bounds by a fraction of a clean margin (measured on the max-pool
 # CNN's 16-pixel blocks), so a box further below is split in any case
