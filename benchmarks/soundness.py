@@ -12,7 +12,8 @@ exit code 1 if any certificate is false (or any witness is bad).
 
 ``--network FAMILY:SEED`` reruns one network and prints its reproducers in full. ``--cones`` forces
 the code paths of wide networks onto these tiny ones (convolutions bounded over each box's cone,
-light ball bounds at t = 1: ``test_soundness_harness.cone_paths``). ``--cover`` forces the covering
+light ball bounds at t = 1, every undecided box through its own backward pass, ``certify/local.py``:
+``test_soundness_harness.cone_paths``). ``--cover`` forces the covering
 blocks at t >= 2, every block bounded however many pixels it frees (``cover_paths``).
 """
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--network", default=None, help="FAMILY:SEED: run one network and print its findings in full")
     ap.add_argument("--verbose", action="store_true", help="one line per network")
     ap.add_argument("--cones", action="store_true", help="force the wide networks' code paths: every Conv a ConvOp "
-                    "(boxes bounded over their cones) and light ball bounds at t = 1")
+                    "(boxes bounded over their cones), light ball bounds at t = 1, the local backward pass")
     ap.add_argument("--cover", action="store_true", help="force the covering blocks at t >= 2, every block "
                     "bounded however large (blocks outside the ball the float32 terms were prepared for)")
     args = ap.parse_args(argv)

@@ -111,16 +111,17 @@ def _evaluate(clf: Any, data: Any, unit: str, max_t: int, certify_time: float, i
 @contextlib.contextmanager
 def cone_paths() -> Iterator[None]:
     """Force the code paths wide networks take onto the harness's tiny ones: every convolution
-    stays a ``ConvOp`` (so boxes are bounded over their cones, ``certify/boxes.py``) and t = 1 uses
-    light ball bounds (``Problem.light``)."""
-    from l0tre_core.certify import network, search
+    stays a ``ConvOp`` (so boxes are bounded over their cones, ``certify/boxes.py``), t = 1 uses
+    light ball bounds (``Problem.light``), and every undecided box goes through its own backward
+    pass (``certify/local.py``, off by default)."""
+    from l0tre_core.certify import local, network, search
 
-    saved = network.DENSE_CONV_MAX, search.LIGHT_WIDTH
-    network.DENSE_CONV_MAX, search.LIGHT_WIDTH = 0, 0
+    saved = network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH
+    network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH = 0, 0, True, float("inf")
     try:
         yield
     finally:
-        network.DENSE_CONV_MAX, search.LIGHT_WIDTH = saved
+        network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH = saved
 
 
 @contextlib.contextmanager
