@@ -479,24 +479,35 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     sel = np.nonzero((fwd <= 0).any(axis=1))[0]
     if sel.size:
         lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref, pools))
-    # then each undecided box's intermediate bounds by backward CROWN over its cone, and again
-    # (only where the margins are within reach: a box far below zero is split anyway)
-    reach = -local.REACH * np.abs(clean_margins(prob, ref))[None, :]
-    sel = np.nonzero(((lb - slack <= 0) & (lb - slack >= reach)).any(axis=1) & (lb - slack >= reach).all(axis=1))[0]
-    if local.ENABLED and inside_ball and sel.size:
-        sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
-        sub_cones = None if cones is None else {k: v[sel] for k, v in cones.items()}
-        sub_eps = {k: v[sel] for k, v in eps_box.items()}
-        tight = local.tighten(prob, S[sel], dlo[sel], dhi[sel], sub, sub_cones, sub_eps, _clean(prob),
-                              spec_matrix(net.n_outputs, ref))
-        lb[sel] = np.maximum(lb[sel], tight)
-        # the local margins charge the float32 band of every value outside the cone at every
-        # layer, the full-width pass each layer's own rounding once: where the local margins do
-        # not decide, the full-width pass runs on the tightened bounds
-        rest = np.nonzero((lb[sel] - slack[sel] <= 0).any(axis=1))[0]
-        if rest.size:
-            lb[sel[rest]] = np.maximum(lb[sel[rest]], _spec_backward(prob, sub, rest, S[sel], dlo[sel], dhi[sel], sub_eps, ref))
+    if local.ENABLED and inside_ball:
+        _tighten_locally(prob, lb, slack, bounds, cones, eps_box, S, dlo, dhi, ref)
     return lb - slack, hint
+
+
+def _tighten_locally(prob: Problem, lb: np.ndarray, slack: np.ndarray, bounds: list[Any],
+                     cones: dict[int, np.ndarray] | None, eps_box: dict[int, np.ndarray], S: np.ndarray,
+                     dlo: np.ndarray, dhi: np.ndarray, ref: int) -> None:
+    """Raise ``lb`` (in place) of the undecided boxes whose margins are all within reach (a box
+    far below zero is split anyway) by bounding their intermediate neurons again over their cones
+    (``certify/local.py``), then their margins."""
+    net = prob.net
+    m = lb - slack
+    reach = -local.REACH * np.abs(clean_margins(prob, ref))[None, :]
+    sel = np.nonzero((m <= 0).any(axis=1) & (m >= reach).all(axis=1))[0]
+    if sel.size == 0:
+        return
+    sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
+    sub_cones = None if cones is None else {k: v[sel] for k, v in cones.items()}
+    sub_eps = {k: v[sel] for k, v in eps_box.items()}
+    tight = local.tighten(prob, S[sel], dlo[sel], dhi[sel], sub, sub_cones, sub_eps, _clean(prob),
+                          spec_matrix(net.n_outputs, ref))
+    lb[sel] = np.maximum(lb[sel], tight)
+    # the local margins charge the float32 band of every value outside the cone at every
+    # layer, the full-width pass each layer's own rounding once: where the local margins do
+    # not decide, the full-width pass runs on the tightened bounds
+    rest = np.nonzero((lb[sel] - slack[sel] <= 0).any(axis=1))[0]
+    if rest.size:
+        lb[sel[rest]] = np.maximum(lb[sel[rest]], _spec_backward(prob, sub, rest, S[sel], dlo[sel], dhi[sel], sub_eps, ref))
 
 
 def clean_margins(prob: Problem, ref: int) -> np.ndarray:
