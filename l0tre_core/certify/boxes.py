@@ -105,6 +105,16 @@ def _clean(prob: Problem) -> dict[str, Any]:
     return cache[key]
 
 
+def clean_images(clean: dict[str, Any], nd: Any, j: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """``W mid`` and ``|W| gap`` of the clean box's rows of parent ``i`` of linear node ``j``
+    (``[2, D_j]``: the rows' constant, then the interval's), cached on the clean record."""
+    if (j, i) not in clean["mw"]:
+        p = nd.parents[i]
+        clean["mw"][(j, i)] = apply_mat(clean["mid"][p], nd.mats[i])
+        clean["rw"][(j, i)] = apply_mat(clean["gap"][p], nd.mat_abs(i))
+    return clean["mw"][(j, i)], clean["rw"][(j, i)]
+
+
 def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarray, mask: np.ndarray,
                 clean: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``W mid`` and ``|W| gap`` for a convolution parent, as the clean rows' images plus the
@@ -131,11 +141,9 @@ def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarra
     rep = np.repeat(mask, 2, axis=0)
     lm, reach = w.apply_local(dm, rep)
     lg, _ = wa.apply_local(dg, rep)
-    if (j, i) not in clean["mw"]:
-        clean["mw"][(j, i)] = w.apply(clean["mid"][p])
-        clean["rw"][(j, i)] = wa.apply(clean["gap"][p])
-    mw[:, f:] = lm.reshape(b, 2, -1) + clean["mw"][(j, i)][None]
-    rw[:, f:] = lg.reshape(b, 2, -1) + clean["rw"][(j, i)][None]
+    cmw, crw = clean_images(clean, nd, j, i)
+    mw[:, f:] = lm.reshape(b, 2, -1) + cmw[None]
+    rw[:, f:] = lg.reshape(b, 2, -1) + crw[None]
     return mw, rw, reach.reshape(b, 2, -1)[:, 0, :]
 
 
@@ -163,9 +171,7 @@ def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.nd
     pr = pool_relax_windows(lw, uw, idx)
 
     def put(full: np.ndarray, part: np.ndarray) -> np.ndarray:
-        out = np.broadcast_to(full, (b,) + full.shape[1:]).copy()
-        out[bi, ci] = part
-        return out
+        return _over_clean(full, part, b, bi, ci)
 
     return (put(cl, lw.max(axis=-1)), put(cu, uw.max(axis=-1))), PoolRelax(
         put(cpr.istar, pr.istar), put(cpr.slope, pr.slope), put(cpr.off, pr.off), put(cpr.ub, pr.ub))
@@ -178,12 +184,15 @@ def _act_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.nda
     b = cone.shape[0]
     bi, ci = np.nonzero(cone)
     part = relax(nd, parent[0][bi, ci], parent[1][bi, ci])
-    out = []
-    for full, val in zip(clean, part):
-        arr = np.broadcast_to(full, (b,) + full.shape[1:]).copy()
-        arr[bi, ci] = val
-        out.append(arr)
-    return tuple(out)
+    return tuple(_over_clean(full, val, b, bi, ci) for full, val in zip(clean, part))
+
+
+def _over_clean(full: np.ndarray, part: np.ndarray, b: int, bi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    """The clean box's ``full [1, D, ...]`` for each of ``b`` boxes, with ``part`` at the cone
+    entries ``(bi, ci)``."""
+    out = np.broadcast_to(full, (b,) + full.shape[1:]).copy()
+    out[bi, ci] = part
+    return out
 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.certify.network import apply_mat, rows_of
+from l0tre_core.certify import boxes  # (a module reference: boxes imports this module)
+from l0tre_core.certify.network import rows_of
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, relax
 from l0tre_core.certify.problem import Problem
 
@@ -68,11 +69,10 @@ class _Box:
             nd = self.prob.net.nodes[k]
             p, w = nd.parents[i], nd.mats[i]
             ck, cp = self.cone(k), self.cone(p)
-            mid, gap = self.clean["mid"][p][1], self.clean["gap"][p][1]
-            full = rows_of(w, ck, self.prob.net.nodes[p].size)
-            wb = full[:, cp]
-            outside = full @ mid - wb @ mid[cp]
-            self._blocks[key] = (wb, outside, _band_image(self.clean, k, i, nd)[ck])
+            wb = rows_of(w, ck, self.prob.net.nodes[p].size)[:, cp]
+            w_mid, w_gap = boxes.clean_images(self.clean, nd, k, i)
+            outside = w_mid[1, ck] - wb @ self.clean["mid"][p][1][cp]
+            self._blocks[key] = (wb, outside, w_gap[1, ck])
         return self._blocks[key]
 
 
@@ -112,16 +112,6 @@ def _pool_step(box: _Box, k: int, a: np.ndarray, bounds: list[Any]) -> tuple[np.
         flat = (rows * d_p + idx[rk, kk][None, :]).reshape(-1)
         full += np.bincount(flat, weights=w.reshape(-1), minlength=r * d_p)
     return full.reshape(r, d_p), c
-
-
-def _band_image(clean: dict[str, Any], k: int, i: int, nd: Any) -> np.ndarray:
-    """``|W| gap`` of the clean band of parent ``i`` of node ``k``, over all of node ``k`` (cached
-    on the clean record)."""
-    key = ("local_band", k, i)
-    if key not in clean:
-        gap = clean["gap"][nd.parents[i]][1]
-        clean[key] = apply_mat(gap[None], nd.mat_abs(i))[0]
-    return clean[key]
 
 
 def _lower(box: _Box, j: int, a_j: np.ndarray, bounds: list[Any], eps_box: dict[int, np.ndarray],
