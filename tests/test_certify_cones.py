@@ -61,6 +61,48 @@ def test_apply_local_is_the_convolution_over_the_cone() -> None:
         assert not full[~reach].any(), "an output outside the reported cone is not zero"
 
 
+def test_apply_pair_is_the_convolution_and_its_absolute_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ConvOp.apply_pair`` (dense blocks per support box) equals the convolution of ``x`` and the
+    convolution by ``|W|`` of ``x_abs``, through its block cache, its evictions and its fallback
+    for rows whose block is too large."""
+    from l0tre_core.certify.ops import affine
+
+    rng = np.random.default_rng(3)
+    for limit, keep in ((affine.PAIR_BLOCK_MAX, affine.PAIR_CACHE_MAX), (200, 300)):
+        monkeypatch.setattr(affine, "PAIR_BLOCK_MAX", limit)
+        monkeypatch.setattr(affine, "PAIR_CACHE_MAX", keep)
+        for op in _conv_cases(rng):
+            n, (c, h, w) = 12, op.in_shape
+            support = np.zeros((n, c, h, w), dtype=bool)
+            for i in range(1, n):  # row 0 all zero; some rows a whole image
+                y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+                dy, dx = (h, w) if i % 5 == 0 else (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+                support[i, rng.random(c) < 0.7, y : y + dy, x : x + dx] = True
+            support = support.reshape(n, -1)
+            x = np.where(support, rng.normal(size=support.shape), 0.0)
+            x_abs = np.where(support, rng.uniform(0, 1, size=support.shape), 0.0)
+            for _ in range(2):  # the second time from the kept blocks
+                out, out_abs = op.apply_pair(x, x_abs, support)
+                np.testing.assert_allclose(out, op.apply(x), rtol=0, atol=1e-12)
+                np.testing.assert_allclose(out_abs, op.abs().apply(x_abs), rtol=0, atol=1e-12)
+            assert op._pair_kept <= max(keep, max(b[2].size for b in op._pair_blocks.values()))
+
+
+def test_back_is_the_transposed_convolution_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ConvOp.back`` by its dense matrix (small convolutions) and by the transposed convolution."""
+    from l0tre_core.certify.ops import affine
+
+    rng = np.random.default_rng(4)
+    for op in _conv_cases(rng):
+        a = rng.normal(size=(2, 3, op.shape[0]))
+        want = a @ op.dense()
+        np.testing.assert_allclose(op.back(a), want, rtol=0, atol=1e-12)
+        monkeypatch.setattr(affine, "BACK_DENSE_MAX", 0)
+        np.testing.assert_allclose(ConvOp(op.w, op.in_shape, op.strides, op.pads, op.dilations, op.group).back(a),
+                                   want, rtol=0, atol=1e-12)
+        monkeypatch.undo()
+
+
 def _mnist(i: int) -> np.ndarray:
     with gzip.open(MNIST) as f:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[8000 + i]

@@ -115,36 +115,34 @@ def clean_images(clean: dict[str, Any], nd: Any, j: int, i: int) -> tuple[np.nda
     return clean["mw"][(j, i)], clean["rw"][(j, i)]
 
 
-def _conv_terms(nd: Any, i: int, j: int, p: int, mid: np.ndarray, gap: np.ndarray, mask: np.ndarray,
-                clean: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _conv_terms(nd: Any, i: int, j: int, p: int, cm: np.ndarray, cg: np.ndarray, mid: np.ndarray, gap: np.ndarray,
+                mask: np.ndarray, clean: dict[str, Any]) -> tuple[np.ndarray, ...]:
     """``W mid`` and ``|W| gap`` for a convolution parent, as the clean rows' images plus the
     convolution of the difference over each box's cone only (zero outside it by construction:
     there every value equals the clean box's). Returns them and the cone of the result.
 
     A free scalar's coefficient rows are zero outside that scalar's own cone, which is far smaller
     than the box's (the union over its scalars): they are convolved apart, each over its own
-    support, so a block of many spread-out pixels costs little more per scalar than one pixel."""
-    b, k, dp = mid.shape
-    f = k - 2
+    support, so a block of many spread-out pixels costs little more per scalar than one pixel.
+
+    ``cm``, ``cg [B, F, D_p]``: the mid and half-gap coefficient rows; ``mid``, ``gap [B, 2, D_p]``:
+    their constant rows (the rows', then the interval's). Returns ``W`` and ``|W|`` of each, and
+    the cone of the result."""
+    b, f, dp = cm.shape
     w = nd.mats[i]
-    wa = nd.mat_abs(i)
-    mw = np.empty((b, k, nd.size))
-    rw = np.empty((b, k, nd.size))
     if f:
-        cm = mid[:, :f].reshape(b * f, dp)
-        cg = gap[:, :f].reshape(b * f, dp)
-        sup = (cm != 0) | (cg != 0)
-        mw[:, :f] = w.apply_local(cm, sup)[0].reshape(b, f, -1)
-        rw[:, :f] = wa.apply_local(cg, sup)[0].reshape(b, f, -1)
-    dm = np.where(mask[:, None, :], mid[:, f:] - clean["mid"][p][None], 0.0).reshape(b * 2, dp)
-    dg = np.where(mask[:, None, :], gap[:, f:] - clean["gap"][p][None], 0.0).reshape(b * 2, dp)
+        flat_m, flat_g = cm.reshape(b * f, dp), cg.reshape(b * f, dp)
+        pm, pg = w.apply_pair(flat_m, flat_g, (flat_m != 0) | (flat_g != 0))
+        cmw, cgw = pm.reshape(b, f, -1), pg.reshape(b, f, -1)
+    else:
+        cmw = cgw = np.zeros((b, 0, nd.size))
+    dm = np.where(mask[:, None, :], mid - clean["mid"][p][None], 0.0).reshape(b * 2, dp)
+    dg = np.where(mask[:, None, :], gap - clean["gap"][p][None], 0.0).reshape(b * 2, dp)
     rep = np.repeat(mask, 2, axis=0)
     lm, reach = w.apply_local(dm, rep)
-    lg, _ = wa.apply_local(dg, rep)
-    cmw, crw = clean_images(clean, nd, j, i)
-    mw[:, f:] = lm.reshape(b, 2, -1) + cmw[None]
-    rw[:, f:] = lg.reshape(b, 2, -1) + crw[None]
-    return mw, rw, reach.reshape(b, 2, -1)[:, 0, :]
+    lg, _ = nd.mat_abs(i).apply_local(dg, rep)
+    mw, rw = clean_images(clean, nd, j, i)
+    return cmw, cgw, lm.reshape(b, 2, -1) + mw[None], lg.reshape(b, 2, -1) + rw[None], reach.reshape(b, 2, -1)[:, 0, :]
 
 
 def _convs_after(net: Any, j: int) -> bool:
@@ -197,7 +195,7 @@ def _over_clean(full: np.ndarray, part: np.ndarray, b: int, bi: np.ndarray, ci: 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
                   dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None,
-                  inside_ball: bool = True) -> np.ndarray | None:
+                  inside_ball: bool = True, input_abs: dict[int, np.ndarray] | None = None) -> np.ndarray | None:
     """``[B, D_j]``: the float32 rounding of linear node ``j`` over each box, from the box's own
     bounds on the node's inputs (float32-valid: they include every earlier node's rounding).
 
@@ -207,7 +205,7 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     its own terms hold for it).
     With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
     the cone: outside it every value is the clean input's float32 value, which the clean box's
-    bounds contain."""
+    bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered."""
     ball = prob.rounding(j)
     if ball is None:
         return None
@@ -232,7 +230,8 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
                 if w is None:
                     np.add.at(term, (np.broadcast_to(np.arange(b)[:, None], S.shape), S), gain)
                 else:
-                    term += np.einsum("bfd,bf->bd", np.abs(nd.input_cols(i, S)), gain)
+                    acols = np.abs(nd.input_cols(i, S)) if input_abs is None or i not in input_abs else input_abs[i]
+                    term += np.einsum("bfd,bf->bd", acols, gain)
             else:
                 top = np.maximum(np.abs(prob.x0).max(), (np.abs(x0s) + gain).max(axis=1))
                 term = m[None, :] * top[:, None]
@@ -284,6 +283,8 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     U: dict[int, np.ndarray] = {}
     cone: dict[int, np.ndarray] = {}  # [B, D_j] bool: where box rows may differ from the clean box's
     eps_box: dict[int, np.ndarray] = {}
+    row_lo: dict[int, np.ndarray] = {}  # per node: the least (largest) value of its rows over each box
+    row_up: dict[int, np.ndarray] = {}
     rx = _Relax(net, bounds)
     last = net.last_use
     for j in range(1, len(nodes)):
@@ -295,6 +296,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             cen = np.broadcast_to(nd.bias, (b, nd.size)).copy()
             rad = np.zeros((b, nd.size))
             reach = np.zeros((b, nd.size), dtype=bool) if clean is not None else None
+            input_abs: dict[int, np.ndarray] = {}  # per input parent: |its free columns|
             for i, (p, w) in enumerate(zip(nd.parents, nd.mats)):
                 il, iu = bounds[p]
                 if p == 0:
@@ -312,8 +314,9 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                     lo_rows[:, -1, :] += const
                     up_rows[:, -1, :] += const
                     # the exact interval of this term, from the few free columns
+                    input_abs[i] = np.abs(cols)
                     cen += const + np.einsum("bfd,bf->bd", cols, 0.5 * (dlo + dhi))
-                    rad += np.einsum("bfd,bf->bd", np.abs(cols), 0.5 * (dhi - dlo))
+                    rad += np.einsum("bfd,bf->bd", input_abs[i], 0.5 * (dhi - dlo))
                     continue
                 lp, up = L[p], U[p]
                 if w is None:
@@ -325,25 +328,34 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                         reach |= cone[p]
                     continue
                 # L W+ + U W- = M W - R |W|,  U W+ + L W- = M W + R |W|  (M, R: mid, half-gap rows)
-                # and the interval bound in the same two products
-                mid = np.concatenate([0.5 * (lp + up), 0.5 * (il + iu)[:, None, :]], axis=1)
-                gap = np.concatenate([0.5 * (up - lp), 0.5 * (iu - il)[:, None, :]], axis=1)
+                # and the interval bound in the same two products: the coefficient rows, then the
+                # constant rows (the rows', the interval's)
+                cm = lp[:, :f] + up[:, :f]
+                cm *= 0.5
+                cg = up[:, :f] - lp[:, :f]
+                cg *= 0.5
+                mid = 0.5 * np.stack([lp[:, f] + up[:, f], il + iu], axis=1)
+                gap = 0.5 * np.stack([up[:, f] - lp[:, f], iu - il], axis=1)
                 if clean is not None and isinstance(w, ConvOp):
-                    mw, rw, r = _conv_terms(nd, i, j, p, mid, gap, cone[p], clean)
+                    cmw, cgw, mw, rw, r = _conv_terms(nd, i, j, p, cm, cg, mid, gap, cone[p], clean)
                     reach |= r  # type: ignore[operator]
                 else:
-                    mw = apply_mat(mid, w)
-                    rw = apply_mat(gap, nd.mat_abs(i))
+                    cmw, cgw = apply_mat(cm, w), apply_mat(cg, nd.mat_abs(i))
+                    mw, rw = apply_mat(mid, w), apply_mat(gap, nd.mat_abs(i))
                     if reach is not None:
                         if _convs_after(net, j):
                             reach |= apply_mat(cone[p].astype(np.float64), nd.mat_abs(i)) > 0
                         else:  # no convolution reads it: a superset (every output) costs nothing
                             reach |= cone[p].any(axis=1, keepdims=True)
-                lo_rows += mw[:, :-1] - rw[:, :-1]
-                up_rows += mw[:, :-1] + rw[:, :-1]
-                cen += mw[:, -1]
-                rad += rw[:, -1]
-            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball)
+                lo_rows[:, :f] += cmw
+                lo_rows[:, :f] -= cgw
+                up_rows[:, :f] += cmw
+                up_rows[:, :f] += cgw
+                lo_rows[:, f] += mw[:, 0] - rw[:, 0]
+                up_rows[:, f] += mw[:, 0] + rw[:, 0]
+                cen += mw[:, 1]
+                rad += rw[:, 1]
+            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, input_abs)
             if eps is not None:
                 eps_box[j] = eps
                 lo_rows[:, -1, :] -= eps
@@ -353,8 +365,12 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             if reach is not None:
                 cone[j] = reach
             if j != net.output:
-                l = np.maximum(cen - rad, _lin_lower(lo_rows, dlo, dhi))
-                u = np.minimum(cen + rad, _lin_upper(up_rows, dlo, dhi))
+                if all(p == 0 for p in nd.parents):  # the rows are exact: their bounds are cen -+ rad
+                    row_lo[j], row_up[j] = cen - rad, cen + rad
+                else:
+                    row_lo[j], row_up[j] = _lin_lower(lo_rows, dlo, dhi), _lin_upper(up_rows, dlo, dhi)
+                l = np.maximum(cen - rad, row_lo[j])
+                u = np.minimum(cen + rad, row_up[j])
                 bounds[j] = (l, np.maximum(u, l))
         elif nd.kind == "maxpool":
             p = nd.parents[0]
@@ -423,7 +439,8 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             if record is not None:
                 record["act"][j] = (sl, bl, su, bu)
             lp, up = L[p], U[p]
-            if nd.kind == "relu":  # its slopes lie in [0, 1]
+            relu = nd.kind == "relu"  # its slopes lie in [0, 1]
+            if relu:
                 lo_rows = sl[:, None, :] * lp
                 up_rows = su[:, None, :] * up
             else:
@@ -432,10 +449,15 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             lo_rows[:, -1, :] += bl
             up_rows[:, -1, :] += bu
             L[j], U[j] = lo_rows, up_rows
-            # tighten with the forward-mode rows
+            # tighten with the forward-mode rows; a nonnegative slope scales its row's bound
+            # over the box, so a ReLU's rows are bounded by its parent's rows' bounds
+            if relu and p in row_lo:
+                row_lo[j], row_up[j] = sl * row_lo[p] + bl, su * row_up[p] + bu
+            else:
+                row_lo[j], row_up[j] = _lin_lower(lo_rows, dlo, dhi), _lin_upper(up_rows, dlo, dhi)
             nl, nu = bounds[j]
-            l2 = np.maximum(nl, _lin_lower(lo_rows, dlo, dhi))
-            u2 = np.maximum(np.minimum(nu, _lin_upper(up_rows, dlo, dhi)), l2)
+            l2 = np.maximum(nl, row_lo[j])
+            u2 = np.maximum(np.minimum(nu, row_up[j]), l2)
             bounds[j] = (l2, u2)
             if clean is not None:
                 cone[j] = cone[p]
@@ -446,8 +468,8 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             record["mag"][j] = np.maximum(np.abs(lj[0]), np.abs(uj[0]))
         for p in nd.parents:
             if last[p] == j and p != 0:
-                L.pop(p, None)
-                U.pop(p, None)
+                for kept in (L, U, row_lo, row_up):
+                    kept.pop(p, None)
                 if cones_out is None:
                     cone.pop(p, None)
     if cones_out is not None:

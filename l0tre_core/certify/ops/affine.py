@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from l0tre_core.certify.importer import _Importer
 
 _CHUNK_ELEMS = 4_000_000
+PAIR_BLOCK_MAX = 400_000  # entries of one dense block of ``ConvOp.apply_pair``
+BACK_DENSE_MAX = 4_000_000  # entries of a convolution's dense matrix kept for ``ConvOp.back``
+PAIR_CACHE_MAX = 4_000_000  # entries of the blocks one convolution keeps (twice: W and |W|)
 
 
 class _Sym:
@@ -189,11 +192,103 @@ class ConvOp(StructuredMap):
         reach[r, mm, oy, ox] = True
         return out.reshape(n, -1), reach.reshape(n, -1)
 
+    def apply_pair(self, x: np.ndarray, x_abs: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``W x`` and ``|W| x_abs`` for rows ``[N, Din]`` that are zero outside ``support`` and whose
+        support is small (the cone of one free scalar): rows are grouped by the bounding box of
+        their support, and each group is one product with the dense block ``W[reached, box]``,
+        built from the kernel and kept (``PAIR_CACHE_MAX``). A bounding-box window of the whole
+        batch (``apply_local``) would convolve mostly zeros. Rows whose block would exceed
+        ``PAIR_BLOCK_MAX`` entries go through ``apply_local``."""
+        n = x.shape[0]
+        c, h, w_in = self.in_shape
+        sp = support.reshape(n, c, h * w_in).any(axis=1).reshape(n, h, w_in)
+        rows_any, cols_any = sp.any(axis=2), sp.any(axis=1)
+        y0 = np.argmax(rows_any, axis=1)
+        y1 = h - 1 - np.argmax(rows_any[:, ::-1], axis=1)
+        x0 = np.argmax(cols_any, axis=1)
+        x1 = w_in - 1 - np.argmax(cols_any[:, ::-1], axis=1)
+        full = rows_any.any(axis=1)  # an all-zero row stays zero
+        out, out_abs = np.zeros((n, self.shape[0])), np.zeros((n, self.shape[0]))
+        key = ((y0 * h + y1) * w_in + x0) * w_in + x1
+        rows = np.nonzero(full)[0]
+        rows = rows[np.argsort(key[rows], kind="stable")]
+        cuts = np.flatnonzero(np.diff(key[rows])) + 1
+        big = []
+        for grp in np.split(rows, cuts):
+            r = grp[0]
+            block = self._pair_block(int(y0[r]), int(y1[r]), int(x0[r]), int(x1[r]))
+            if block is None:
+                big.append(grp)
+                continue
+            in_idx, out_idx, wt, wt_abs = block
+            out[grp[:, None], out_idx[None, :]] = x[grp[:, None], in_idx[None, :]] @ wt
+            out_abs[grp[:, None], out_idx[None, :]] = x_abs[grp[:, None], in_idx[None, :]] @ wt_abs
+        if big:
+            rest = np.concatenate(big)
+            out[rest] = self.apply_local(x[rest], support[rest])[0]
+            out_abs[rest] = self.abs_op().apply_local(x_abs[rest], support[rest])[0]
+        return out, out_abs
+
+    def abs_op(self) -> "ConvOp":
+        """``|W|``, kept."""
+        if getattr(self, "_abs", None) is None:
+            self._abs = self.abs()
+        return self._abs
+
+    def _pair_block(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, ...] | None:
+        """For the input box ``[y0, y1] x [x0, x1]`` (every channel): its flat indices, those of the
+        outputs whose window meets it, and the dense block ``W[outputs, box]`` transposed, with
+        its absolute value; None when the block exceeds ``PAIR_BLOCK_MAX`` entries. Kept per box
+        while the kept blocks hold at most ``PAIR_CACHE_MAX`` entries (the oldest dropped first)."""
+        cache = self.__dict__.setdefault("_pair_blocks", {})
+        key = (y0, y1, x0, x1)
+        if key in cache:
+            return cache[key]
+        c, h, w_in = self.in_shape
+        m_out, ho, wo = self.out_shape
+        kh, kw = self.w.shape[2:]
+        sh, sw = self.strides
+        dh, dw = self.dilations
+        pt, pl = self.pads[0], self.pads[1]
+        oy0 = max(0, -((-(y0 + pt - (kh - 1) * dh)) // sh))
+        oy1 = min(ho - 1, (y1 + pt) // sh)
+        ox0 = max(0, -((-(x0 + pl - (kw - 1) * dw)) // sw))
+        ox1 = min(wo - 1, (x1 + pl) // sw)
+        n_in = c * (y1 - y0 + 1) * (x1 - x0 + 1)
+        n_out = m_out * max(0, oy1 - oy0 + 1) * max(0, ox1 - ox0 + 1)
+        if n_in * n_out > PAIR_BLOCK_MAX:
+            return None
+        ch, iy, ix = (a.reshape(-1) for a in np.meshgrid(np.arange(c), np.arange(y0, y1 + 1), np.arange(x0, x1 + 1), indexing="ij"))
+        m, oy, ox = (a.reshape(-1) for a in np.meshgrid(np.arange(m_out), np.arange(oy0, oy1 + 1), np.arange(ox0, ox1 + 1), indexing="ij"))
+        # input (ch, iy, ix) meets output (m, oy, ox) at kernel offset (ky, kx) when
+        # iy = oy*sh - pt + ky*dh, within the kernel, and ch lies in m's group
+        ry = iy[:, None] - oy[None, :] * sh + pt
+        rx = ix[:, None] - ox[None, :] * sw + pl
+        ky, kx = ry // dh, rx // dw
+        cg, mg = c // self.group, m_out // self.group
+        ok = ((ry % dh == 0) & (rx % dw == 0) & (ky >= 0) & (ky < kh) & (kx >= 0) & (kx < kw)
+              & ((ch // cg)[:, None] == (m // mg)[None, :]))
+        vals = self.w[m[None, :], (ch % cg)[:, None], np.clip(ky, 0, kh - 1), np.clip(kx, 0, kw - 1)]
+        wt = np.where(ok, vals, 0.0)  # [in, out]
+        block = ((ch * h + iy) * w_in + ix, (m * ho + oy) * wo + ox, wt, np.abs(wt))
+        kept = self.__dict__.get("_pair_kept", 0) + wt.size
+        while cache and kept > PAIR_CACHE_MAX:  # the oldest first
+            kept -= cache.pop(next(iter(cache)))[2].size
+        cache[key] = block
+        self._pair_kept = kept
+        return block
+
     def back(self, a: np.ndarray) -> np.ndarray:
-        """``a W``: the transposed convolution of ``a [..., Dout]``."""
+        """``a W``: the transposed convolution of ``a [..., Dout]`` (a product with the dense
+        matrix, kept, when it has at most ``BACK_DENSE_MAX`` entries: BLAS beats the
+        transposed convolution's scattered sums there)."""
         lead = a.shape[:-1]
         n = int(np.prod(lead, dtype=np.int64))
         a2 = a.reshape(n, self.shape[0])
+        if self.shape[0] * self.shape[1] <= BACK_DENSE_MAX:
+            if getattr(self, "_dense", None) is None:
+                self._dense = self.dense()
+            return (a2 @ self._dense).reshape(lead + (self.shape[1],))
         out = np.empty((n, self.shape[1]))
         kprod = int(np.prod(self.w.shape[1:]))
         step = max(1, 4_000_000 // max(1, self.shape[0] // self.out_shape[0] * kprod * self.group + self.shape[1]))
