@@ -64,12 +64,15 @@ def estimate_line(inputs: int, units: int, values: int, max_t: int, rate: float)
 def further_line(*, inputs: int, total: int, seconds: float, units: int, values: int, max_t: int, rate: float,
                  certify_seconds: float = 0.0) -> str:
     """The one line after a run: how to go further and what it would cost (the next level: its
-    enumeration at ``rate``, plus ``certify_seconds`` of certificate splitting per input)."""
+    enumeration at ``rate``, plus ``certify_seconds`` of certificate splitting per input). With
+    certificates the enumeration runs only where one does not prove the level, so the figure is
+    a ceiling ("up to")."""
     options = []
     if inputs < total:
         per_input = seconds / max(1, inputs)
         options.append(f"all {total} inputs with --n {total} (about {duration(per_input * total)})")
     more = evaluations(inputs, units, values, max_t + 1, first_t=max_t + 1)
     next_level = more / rate + inputs * certify_seconds
-    options.append(f"--max-t {max_t + 1} (about {duration(seconds + next_level)} on these {inputs} input{'' if inputs == 1 else 's'})")
+    bound = "up to about" if certify_seconds else "about"
+    options.append(f"--max-t {max_t + 1} ({bound} {duration(seconds + next_level)} on these {inputs} input{'' if inputs == 1 else 's'})")
     return "to go further: " + ", or ".join(options)
