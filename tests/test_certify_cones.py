@@ -59,6 +59,12 @@ def test_apply_local_is_the_convolution_over_the_cone() -> None:
         local, reach = op.apply_local(x, support)
         np.testing.assert_allclose(local, full, rtol=0, atol=1e-12)
         assert not full[~reach].any(), "an output outside the reported cone is not zero"
+        # with a row over the whole input (the plain convolution, where the window is every output)
+        support[-1], x[-1] = True, rng.normal(size=din)
+        full = op.apply(x)
+        local, reach = op.apply_local(x, support)
+        np.testing.assert_allclose(local, full, rtol=0, atol=1e-12)
+        assert not full[~reach].any()
 
 
 def test_apply_pair_is_the_convolution_and_its_absolute_value(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,6 +170,8 @@ class ConvOp(StructuredMap):
         ox1 = np.clip((x1 + pl) // sw, 0, wo - 1)
         hwin = int(max(1, (oy1 - oy0 + 1).max(initial=1)))
         wwin = int(max(1, (ox1 - ox0 + 1).max(initial=1)))
+        if hwin == ho and wwin == wo:  # the whole output: the plain convolution, nothing to gather
+            return self.apply(x), np.ones((n, self.shape[0]), dtype=bool)
         oy0 = np.minimum(oy0, ho - hwin)
         ox0 = np.minimum(ox0, wo - wwin)
         ih, iw = (hwin - 1) * sh + (kh - 1) * dh + 1, (wwin - 1) * sw + (kw - 1) * dw + 1
