@@ -103,6 +103,7 @@ def backward(
     box: BoxInput | None = None,
     want_input: bool = False,
     rounding: dict[int, np.ndarray] | None = None,
+    stop: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Lower bound of rows over node ``start``'s values, by backward substitution to the input.
 
@@ -110,6 +111,11 @@ def backward(
     ``select = (idx, sign)``: ``sign * value[idx]``. Returns ``[B, R]`` (and the input
     coefficients ``[B, R, D]`` when ``want_input``). ``rounding``: per linear node, a float32
     rounding bound per domain ``[B, D_j]`` to use in place of the ball's ``Problem.rounding``.
+
+    ``stop``: a node every path from the input to ``start`` passes through (``Network.cut``): the
+    substitution stops there and returns the constants ``[B or 1, R]`` and the coefficients of
+    that node's values ``[B or 1, R, D_stop]`` instead (what ``start``'s rows are at least, as a
+    linear function of them).
     """
     net = prob.net
     nodes = net.nodes
@@ -129,6 +135,9 @@ def backward(
         top = start
     a_free: np.ndarray | None = None  # box mode: coefficients of delta [B, R, F]
     for j in range(top, 0, -1):
+        if j == stop:
+            assert set(A) == {stop}, "the backward pass stops at a node that is not a cut"
+            return c, A[stop]
         if j not in A:
             continue
         a = A.pop(j)

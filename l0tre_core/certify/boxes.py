@@ -25,6 +25,8 @@ from l0tre_core.certify.problem import Problem
 
 # convolutions over each box's cone only (``_conv_terms``); False: over the whole input, as before
 CONES = True
+# the backward pass on the margins stops at the cut before the dense head first (``_spec_backward``)
+STAGED = True
 
 
 @dataclass
@@ -255,15 +257,17 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
 
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
              record: dict[str, Any] | None = None, inside_ball: bool = True,
-             cones_out: dict[int, np.ndarray] | None = None, pools_out: dict[int, PoolRelax] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+             cones_out: dict[int, np.ndarray] | None = None, pools_out: dict[int, PoolRelax] | None = None,
+             rows_out: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
     With ``clean`` (``_clean``), each box's cone (the nodes its free scalars reach) is tracked and
     convolutions are evaluated over the cone only, plus the clean rows' images. ``record``: keep
     the clean box's rows per node (``_clean``); ``cones_out``: keep every node's cone there;
-    ``pools_out``: every max-pool's relaxation. Also returns each linear node's float32 rounding
-    bound per box ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic)."""
+    ``pools_out``: every max-pool's relaxation; ``rows_out``: the lower and upper rows of the
+    network's cut (``Network.cut``). Also returns each linear node's float32 rounding bound per box
+    ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic)."""
     net = prob.net
     nodes = net.nodes
     b, f = S.shape
@@ -461,6 +465,8 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             bounds[j] = (l2, u2)
             if clean is not None:
                 cone[j] = cone[p]
+        if rows_out is not None and j == net.cut:
+            rows_out[j] = (L[j], U[j])
         if record is not None and j != net.output:
             lj, uj = bounds[j]
             record["mid"][j] = np.stack([0.5 * (L[j][0, -1] + U[j][0, -1]), 0.5 * (lj[0] + uj[0])])
@@ -493,8 +499,9 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
     cones: dict[int, np.ndarray] | None = {} if clean is not None and local.ENABLED else None
     pools: dict[int, PoolRelax] = {}
+    cut_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if STAGED and net.cut is not None else None
     bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean, inside_ball=inside_ball,
-                                               cones_out=cones, pools_out=pools)
+                                               cones_out=cones, pools_out=pools, rows_out=cut_rows)
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
     fwd = _lin_lower(rows, dlo, dhi)
@@ -509,7 +516,8 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     # backward CROWN on the specification, with the intermediate bounds just found
     sel = np.nonzero((fwd <= 0).any(axis=1))[0]
     if sel.size:
-        lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref, pools))
+        lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref, pools,
+                                                     cut_rows=cut_rows, slack=slack[sel]))
     if local.ENABLED and inside_ball:
         _tighten_locally(prob, lb, slack, bounds, cones, eps_box, S, dlo, dhi, ref)
     return lb - slack, hint
@@ -552,18 +560,49 @@ def clean_margins(prob: Problem, ref: int) -> np.ndarray:
 
 def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndarray, dlo: np.ndarray,
                    dhi: np.ndarray, eps_box: dict[int, np.ndarray], ref: int,
-                   pools: dict[int, PoolRelax] | None = None) -> np.ndarray:
+                   pools: dict[int, PoolRelax] | None = None,
+                   cut_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                   slack: np.ndarray | None = None) -> np.ndarray:
     """Backward CROWN on the margins of boxes ``sel``, with the intermediate ``bounds`` given (and
-    the max-pools' relaxations over them, when already computed)."""
+    the max-pools' relaxations over them, when already computed).
+
+    With ``cut_rows`` (the forward-mode rows of the network's cut, ``Network.cut``), the pass
+    stops at the cut first and bounds the margins there by those rows: what they prove (margins
+    above ``slack``) costs no pass through the convolutions below; the rest go on to the input."""
     net = prob.net
     sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
     rx = _Relax(net, sub)
     for j, pr in (pools or {}).items():
         rx.cache[j] = PoolRelax(pr.istar[sel], pr.slope[sel], pr.off[sel], pr.ub[sel])
     c = spec_matrix(net.n_outputs, ref)
-    blb, _ = backward(prob, rx, net.output, c[None], None, sel.size, box=BoxInput(S[sel], dlo[sel], dhi[sel]),
-                      rounding={k: v[sel] for k, v in eps_box.items()})
-    return blb
+    box = BoxInput(S[sel], dlo[sel], dhi[sel])
+    rounding = {k: v[sel] for k, v in eps_box.items()}
+    if not cut_rows:
+        return backward(prob, rx, net.output, c[None], None, sel.size, box=box, rounding=rounding)[0]
+    k = net.cut
+    assert k is not None
+    c_k, a_k = backward(prob, rx, net.output, c[None], None, sel.size, box=box, rounding=rounding, stop=k)
+    n = sel.size
+    a_k = np.broadcast_to(a_k, (n,) + a_k.shape[1:])
+    c_k = np.broadcast_to(c_k, (n,) + c_k.shape[1:])
+    lk, uk = cut_rows[k]
+    # a >= 0 takes the lower row, a < 0 the upper: a linear function of the free scalars [n, R, F+1]
+    rows = (np.einsum("brd,bfd->brf", np.maximum(a_k, 0.0), lk[sel])
+            + np.einsum("brd,bfd->brf", np.minimum(a_k, 0.0), uk[sel]))
+    lb = c_k + _lin_lower(np.moveaxis(rows, 2, 1), dlo[sel], dhi[sel])
+    rest = np.nonzero((lb - (0.0 if slack is None else slack) <= 0).any(axis=1))[0]
+    if rest.size:
+        part = [(bd[0][rest], bd[1][rest]) if bd is not None else None for bd in sub]
+        rx_rest = _Relax(net, part)
+        for j, v in rx.cache.items():
+            if j <= k:
+                rx_rest.cache[j] = (PoolRelax(v.istar[rest], v.slope[rest], v.off[rest], v.ub[rest])
+                                    if isinstance(v, PoolRelax) else tuple(x[rest] for x in v))
+        deep, _ = backward(prob, rx_rest, k, a_k[rest], c_k[rest], rest.size,
+                           box=BoxInput(box.S[rest], box.dlo[rest], box.dhi[rest]),
+                           rounding={j: v[rest] for j, v in rounding.items()})
+        lb[rest] = np.maximum(lb[rest], deep)
+    return lb
 
 
 def _final_slack(prob: Problem, bounds: list[Any]) -> np.ndarray:

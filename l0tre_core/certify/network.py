@@ -242,6 +242,15 @@ class Network:
             for p in nd.parents:
                 self.consumers[p].append(j)
         self.last_use = [max(c) if c else j for j, c in enumerate(self.consumers)]
+        # the cut before the dense head: the parent of the first linear node with dense matrices
+        # only, when every later node reads nothing earlier (a chain from there on)
+        self.cut: int | None = None
+        for j, nd in enumerate(nodes):
+            if nd.kind == "linear" and nd.mats and all(isinstance(w, np.ndarray) for w in nd.mats) and len(nd.parents) == 1:
+                k = nd.parents[0]
+                if k > 0 and all(min(later.parents) >= k for later in nodes[k + 1 :] if later.parents):
+                    self.cut = k
+                break
 
     @classmethod
     def from_onnx(
