@@ -531,7 +531,8 @@ def _tighten_locally(prob: Problem, lb: np.ndarray, slack: np.ndarray, bounds: l
     (``certify/local.py``), then their margins."""
     net = prob.net
     m = lb - slack
-    reach = -local.REACH * np.abs(clean_margins(prob, ref))[None, :]
+    m0 = np.abs(clean_margins(prob, ref))[None, :]
+    reach = -local.REACH * m0 if np.isfinite(local.REACH) else np.full_like(m0, -np.inf)  # inf * 0 is nan
     sel = np.nonzero((m <= 0).any(axis=1) & (m >= reach).all(axis=1))[0]
     if sel.size == 0:
         return
