@@ -95,16 +95,12 @@ def test_staged_box_margins_stay_below_the_milp_minimum(seed: int, options: dict
 
 def _pixel_and_block_boxes(prob: object, rng: np.random.Generator) -> Boxes:
     """Whole-range boxes of one pixel, of two, and blocks of 20 to 80 (as the cover bounds them)."""
-    rows = [rng.choice(prob.P, k, replace=False) for k in [1] * 16 + [2] * 16 + [20] * 16 + [40] * 16 + [80] * 16]  # type: ignore[attr-defined]
-    f = max(r.size for r in rows)
-    S = np.full((len(rows), f), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        S[i, : r.size] = r
-    real = S >= 0
-    Sc = np.where(real, S, 0)
-    dlo = np.where(real, prob.lo[Sc] - prob.x0[Sc], 0.0)  # type: ignore[attr-defined]
-    dhi = np.where(real, prob.hi[Sc] - prob.x0[Sc], 0.0)  # type: ignore[attr-defined]
-    return Boxes(S, dlo, dhi, np.zeros(len(rows), dtype=np.int64))
+    parts = []
+    for k in [1] * 16 + [2] * 16 + [20] * 16 + [40] * 16 + [80] * 16:
+        sc = rng.choice(prob.P, k, replace=False)  # type: ignore[attr-defined]
+        lo, hi, x0 = prob.lo[sc], prob.hi[sc], prob.x0[sc]  # type: ignore[attr-defined]
+        parts.append(Boxes(sc[None], (lo - x0)[None], (hi - x0)[None], np.zeros(1, np.int64)))
+    return Boxes.concat(parts)
 
 
 @pytest.mark.parametrize("name", ["mnist_convsmall", "mnist_maxpool"])

@@ -155,19 +155,10 @@ class ConvOp(StructuredMap):
         sh, sw = self.strides
         dh, dw = self.dilations
         pt, pl = self.pads[0], self.pads[1]
-        sp = support.reshape(n, c, h, w_in).any(axis=1)
-        rows_any, cols_any = sp.any(axis=2), sp.any(axis=1)
-        y0 = np.argmax(rows_any, axis=1)
-        y1 = h - 1 - np.argmax(rows_any[:, ::-1], axis=1)
-        x0 = np.argmax(cols_any, axis=1)
-        x1 = w_in - 1 - np.argmax(cols_any[:, ::-1], axis=1)
-        empty = ~rows_any.any(axis=1)  # an all-zero row: any window will do, take the smallest
-        y0, y1, x0, x1 = (np.where(empty, 0, v) for v in (y0, y1, x0, x1))
-        # outputs whose window meets [y0, y1]: oy*s - pad + k*d in it for some kernel offset k
-        oy0 = np.clip(-((-(y0 + pt - (kh - 1) * dh)) // sh), 0, ho - 1)
-        oy1 = np.clip((y1 + pt) // sh, 0, ho - 1)
-        ox0 = np.clip(-((-(x0 + pl - (kw - 1) * dw)) // sw), 0, wo - 1)
-        ox1 = np.clip((x1 + pl) // sw, 0, wo - 1)
+        y0, y1, x0, x1, some = self._support_box(support)
+        # an all-zero row: any window will do, take the smallest
+        y0, y1, x0, x1 = (np.where(some, v, 0) for v in (y0, y1, x0, x1))
+        oy0, oy1, ox0, ox1 = self._reached(y0, y1, x0, x1)
         hwin = int(max(1, (oy1 - oy0 + 1).max(initial=1)))
         wwin = int(max(1, (ox1 - ox0 + 1).max(initial=1)))
         if hwin == ho and wwin == wo:  # the whole output: the plain convolution, nothing to gather
@@ -194,6 +185,25 @@ class ConvOp(StructuredMap):
         reach[r, mm, oy, ox] = True
         return out.reshape(n, -1), reach.reshape(n, -1)
 
+    def _support_box(self, support: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per row of ``support [N, Din]``: the bounding box ``y0, y1, x0, x1`` of the positions it
+        holds in any channel, and whether it holds any (an empty row's box is meaningless)."""
+        n = support.shape[0]
+        c, h, w_in = self.in_shape
+        sp = support.reshape(n, c, h * w_in).any(axis=1).reshape(n, h, w_in)
+        rows_any, cols_any = sp.any(axis=2), sp.any(axis=1)
+        return (np.argmax(rows_any, axis=1), h - 1 - np.argmax(rows_any[:, ::-1], axis=1),
+                np.argmax(cols_any, axis=1), w_in - 1 - np.argmax(cols_any[:, ::-1], axis=1), rows_any.any(axis=1))
+
+    def _reached(self, y0: Any, y1: Any, x0: Any, x1: Any) -> tuple[Any, ...]:
+        """The output rows ``oy0..oy1`` and columns ``ox0..ox1`` (clipped to the output) whose
+        windows meet the input box: ``oy*s - pad + k*d`` in ``[y0, y1]`` for some kernel offset k."""
+        _, ho, wo = self.out_shape
+        kh, kw = self.w.shape[2:]
+        (sh, sw), (dh, dw), (pt, pl) = self.strides, self.dilations, self.pads[:2]
+        return (np.clip(-((-(y0 + pt - (kh - 1) * dh)) // sh), 0, ho - 1), np.clip((y1 + pt) // sh, 0, ho - 1),
+                np.clip(-((-(x0 + pl - (kw - 1) * dw)) // sw), 0, wo - 1), np.clip((x1 + pl) // sw, 0, wo - 1))
+
     def apply_pair(self, x: np.ndarray, x_abs: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``W x`` and ``|W| x_abs`` for rows ``[N, Din]`` that are zero outside ``support`` and whose
         support is small (the cone of one free scalar): rows are grouped by the bounding box of
@@ -202,17 +212,11 @@ class ConvOp(StructuredMap):
         batch (``apply_local``) would convolve mostly zeros. Rows whose block would exceed
         ``PAIR_BLOCK_MAX`` entries go through ``apply_local``."""
         n = x.shape[0]
-        c, h, w_in = self.in_shape
-        sp = support.reshape(n, c, h * w_in).any(axis=1).reshape(n, h, w_in)
-        rows_any, cols_any = sp.any(axis=2), sp.any(axis=1)
-        y0 = np.argmax(rows_any, axis=1)
-        y1 = h - 1 - np.argmax(rows_any[:, ::-1], axis=1)
-        x0 = np.argmax(cols_any, axis=1)
-        x1 = w_in - 1 - np.argmax(cols_any[:, ::-1], axis=1)
-        full = rows_any.any(axis=1)  # an all-zero row stays zero
+        _, h, w_in = self.in_shape
+        y0, y1, x0, x1, some = self._support_box(support)
         out, out_abs = np.zeros((n, self.shape[0])), np.zeros((n, self.shape[0]))
         key = ((y0 * h + y1) * w_in + x0) * w_in + x1
-        rows = np.nonzero(full)[0]
+        rows = np.nonzero(some)[0]  # an all-zero row stays zero
         rows = rows[np.argsort(key[rows], kind="stable")]
         cuts = np.flatnonzero(np.diff(key[rows])) + 1
         big = []
@@ -252,10 +256,7 @@ class ConvOp(StructuredMap):
         sh, sw = self.strides
         dh, dw = self.dilations
         pt, pl = self.pads[0], self.pads[1]
-        oy0 = max(0, -((-(y0 + pt - (kh - 1) * dh)) // sh))
-        oy1 = min(ho - 1, (y1 + pt) // sh)
-        ox0 = max(0, -((-(x0 + pl - (kw - 1) * dw)) // sw))
-        ox1 = min(wo - 1, (x1 + pl) // sw)
+        oy0, oy1, ox0, ox1 = (int(v) for v in self._reached(y0, y1, x0, x1))
         n_in = c * (y1 - y0 + 1) * (x1 - x0 + 1)
         n_out = m_out * max(0, oy1 - oy0 + 1) * max(0, ox1 - ox0 + 1)
         if n_in * n_out > PAIR_BLOCK_MAX:
