@@ -113,7 +113,10 @@ class ConvOp(StructuredMap):
         return np.repeat(wmax, self.shape[0] // self.w.shape[0])
 
     def abs(self) -> "ConvOp":
-        return ConvOp(np.abs(self.w), self.in_shape, self.strides, self.pads, self.dilations, self.group)
+        """``|W|``, built once (its blocks and dense matrix are kept on it)."""
+        if self.__dict__.get("_abs") is None:
+            self._abs = ConvOp(np.abs(self.w), self.in_shape, self.strides, self.pads, self.dilations, self.group)
+        return self._abs
 
     def scaled(self, c: np.ndarray) -> "ConvOp | None":
         """``diag(c) W`` when ``c`` is constant over each output channel, else None."""
@@ -232,14 +235,8 @@ class ConvOp(StructuredMap):
         if big:
             rest = np.concatenate(big)
             out[rest] = self.apply_local(x[rest], support[rest])[0]
-            out_abs[rest] = self.abs_op().apply_local(x_abs[rest], support[rest])[0]
+            out_abs[rest] = self.abs().apply_local(x_abs[rest], support[rest])[0]
         return out, out_abs
-
-    def abs_op(self) -> "ConvOp":
-        """``|W|``, kept."""
-        if getattr(self, "_abs", None) is None:
-            self._abs = self.abs()
-        return self._abs
 
     def _pair_block(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, ...] | None:
         """For the input box ``[y0, y1] x [x0, x1]`` (every channel): its flat indices, those of the
