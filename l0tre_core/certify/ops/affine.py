@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _CHUNK_ELEMS = 4_000_000
 PAIR_BLOCK_MAX = 400_000  # entries of one dense block of ``ConvOp.apply_pair``
 BACK_DENSE_MAX = 4_000_000  # entries of a convolution's dense matrix kept for ``ConvOp.back``
-PAIR_CACHE_MAX = 4_000_000  # entries of the blocks one convolution keeps (twice: W and |W|)
+PAIR_CACHE_MAX = 2_000_000  # entries of the blocks one convolution keeps (twice: W and |W|; the zoo CNNs use 1.3-1.4 million)
 
 
 class _Sym:
