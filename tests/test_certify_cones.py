@@ -92,6 +92,10 @@ def test_apply_pair_is_the_convolution_and_its_absolute_value(monkeypatch: pytes
                 np.testing.assert_allclose(out, op.apply(x), rtol=0, atol=1e-12)
                 np.testing.assert_allclose(out_abs, op.abs().apply(x_abs), rtol=0, atol=1e-12)
             assert op._pair_kept <= max(keep, max(b[2].size for b in op._pair_blocks.values()))
+            # a batch of all-zero rows (every free scalar's row cut off by dead ReLUs)
+            zero = np.zeros((3, op.shape[1]))
+            out, out_abs = op.apply_pair(zero, zero, zero != 0)
+            assert out.shape == out_abs.shape == (3, op.shape[0]) and not out.any() and not out_abs.any()
 
 
 def test_back_is_the_transposed_convolution_either_way(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -220,6 +220,8 @@ class ConvOp(StructuredMap):
         out, out_abs = np.zeros((n, self.shape[0])), np.zeros((n, self.shape[0]))
         key = ((y0 * h + y1) * w_in + x0) * w_in + x1
         rows = np.nonzero(some)[0]  # an all-zero row stays zero
+        if rows.size == 0:  # (a split of no rows is one empty group)
+            return out, out_abs
         rows = rows[np.argsort(key[rows], kind="stable")]
         cuts = np.flatnonzero(np.diff(key[rows])) + 1
         big = []
