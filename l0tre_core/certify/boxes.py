@@ -536,7 +536,7 @@ def _tighten_locally(prob: Problem, lb: np.ndarray, slack: np.ndarray, bounds: l
     sel = np.nonzero((m <= 0).any(axis=1) & (m >= reach).all(axis=1))[0]
     if sel.size == 0:
         return
-    sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
+    sub = _take_bounds(bounds, sel)
     sub_cones = None if cones is None else {k: v[sel] for k, v in cones.items()}
     sub_eps = {k: v[sel] for k, v in eps_box.items()}
     tight = local.tighten(prob, S[sel], dlo[sel], dhi[sel], sub, sub_cones, sub_eps, _clean(prob),
@@ -571,10 +571,7 @@ def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndar
     stops at the cut first and bounds the margins there by those rows: what they prove (margins
     above ``slack``) costs no pass through the convolutions below; the rest go on to the input."""
     net = prob.net
-    sub = [(bd[0][sel], bd[1][sel]) if bd is not None else None for bd in bounds]
-    rx = _Relax(net, sub)
-    for j, pr in (pools or {}).items():
-        rx.cache[j] = PoolRelax(pr.istar[sel], pr.slope[sel], pr.off[sel], pr.ub[sel])
+    rx = _relax_of(net, bounds, sel, pools or {})
     c = spec_matrix(net.n_outputs, ref)
     box = BoxInput(S[sel], dlo[sel], dhi[sel])
     rounding = {k: v[sel] for k, v in eps_box.items()}
@@ -593,17 +590,26 @@ def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndar
     lb = c_k + _lin_lower(np.moveaxis(rows, 2, 1), dlo[sel], dhi[sel])
     rest = np.nonzero((lb - (0.0 if slack is None else slack) <= 0).any(axis=1))[0]
     if rest.size:
-        part = [(bd[0][rest], bd[1][rest]) if bd is not None else None for bd in sub]
-        rx_rest = _Relax(net, part)
-        for j, v in rx.cache.items():
-            if j <= k:
-                rx_rest.cache[j] = (PoolRelax(v.istar[rest], v.slope[rest], v.off[rest], v.ub[rest])
-                                    if isinstance(v, PoolRelax) else tuple(x[rest] for x in v))
+        rx_rest = _relax_of(net, rx.bounds, rest, {j: v for j, v in rx.cache.items() if j <= k})
         deep, _ = backward(prob, rx_rest, k, a_k[rest], c_k[rest], rest.size,
                            box=BoxInput(box.S[rest], box.dlo[rest], box.dhi[rest]),
                            rounding={j: v[rest] for j, v in rounding.items()})
         lb[rest] = np.maximum(lb[rest], deep)
     return lb
+
+
+def _take_bounds(bounds: list[Any], idx: np.ndarray) -> list[Any]:
+    """Every node's interval bounds of the boxes ``idx`` only."""
+    return [None if bd is None else (bd[0][idx], bd[1][idx]) for bd in bounds]
+
+
+def _relax_of(net: Any, bounds: list[Any], idx: np.ndarray, relaxations: dict[int, Any]) -> _Relax:
+    """The relaxations of the boxes ``idx`` only: over their bounds, with the ones already
+    computed (max-pools' ``PoolRelax``, activations' ``(sl, bl, su, bu)``) taken, not redone."""
+    rx = _Relax(net, _take_bounds(bounds, idx))
+    for j, v in relaxations.items():
+        rx.cache[j] = v.take(idx) if isinstance(v, PoolRelax) else tuple(x[idx] for x in v)
+    return rx
 
 
 def _final_slack(prob: Problem, bounds: list[Any]) -> np.ndarray:

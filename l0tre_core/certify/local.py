@@ -75,7 +75,6 @@ class _Box:
             self._blocks[key] = (wb, outside, w_gap[1, ck])
         return self._blocks[key]
 
-
     def pool(self, k: int, bounds: list[Any]) -> PoolRelax:
         """Max-pool ``k``'s relaxation over this box's bounds on its input (``pool_relax``)."""
         if k not in self._pools:

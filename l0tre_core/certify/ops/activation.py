@@ -307,6 +307,10 @@ class PoolRelax:
     off: np.ndarray  # [B, Dout] upper constant
     ub: np.ndarray  # [B, Dout] the window maximum of the upper bounds (the interval bound)
 
+    def take(self, idx: np.ndarray) -> "PoolRelax":
+        """The relaxation of the domains ``idx`` only."""
+        return PoolRelax(self.istar[idx], self.slope[idx], self.off[idx], self.ub[idx])
+
 
 def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
     """MaxPool's linear relaxation over the input box ``[l, u]``.
