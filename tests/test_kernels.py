@@ -177,7 +177,10 @@ def test_cupy_reduction_matches_numpy(kind: str, probs: bool) -> None:
         s_gpu, f_gpu = kernels.reduce(kernels.asarray(out), ref, kind, probs)
         s_cpu, f_cpu = NumpyKernels().reduce(out, ref, kind, probs)
         np.testing.assert_array_equal(f_gpu, f_cpu)
-        np.testing.assert_allclose(s_gpu, s_cpu, rtol=0, atol=0, equal_nan=True)
+        # the same arithmetic in the same order, but CUDA's logf and the host's may differ by an
+        # ulp (log probabilities reach about -69, where a float32 ulp is 7.6e-6); flags are exact
+        atol = 2 * float(np.spacing(np.float32(69.1))) if probs else 0.0
+        np.testing.assert_allclose(s_gpu, s_cpu, rtol=0, atol=atol, equal_nan=True)
 
 
 @pytest.mark.gpu
@@ -187,7 +190,11 @@ def test_the_cuda_search_matches_the_host_search() -> None:
     from l0tre_core.sweep import SearchContext
     from l0tre_core.threat import ThreatModel
 
-    clf = load_model(None, device="cuda")  # an EnvironmentProblem here: onnxruntime-gpu is missing
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)")
+    clf = load_model(None, device="cuda")
     data = load_data(None, clf.geometry, clf.card.range, n=2)
     ref = int(clf.predict(data.x[:1])[0])
     threat = ThreatModel(lo=0.0, hi=1.0)

@@ -54,8 +54,9 @@ class CupyKernels:
     device_outputs = True  # the search keeps model outputs on the GPU and reduces them here
 
     def reduce(self, outputs: Any, ref: int, kind: str, probs: bool) -> tuple[np.ndarray, np.ndarray]:
-        """As ``NumpyKernels.reduce`` (the same arithmetic, in the same order), on the GPU: only
-        the ``[B]`` scores and flags cross to the host."""
+        """As ``NumpyKernels.reduce`` (the same arithmetic, in the same order; CUDA's ``logf`` of
+        probabilities may differ from the host's by an ulp), on the GPU: only the ``[B]`` scores
+        and flags cross to the host."""
         import cupy
 
         out = cupy.asarray(outputs)
