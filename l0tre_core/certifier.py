@@ -157,7 +157,7 @@ class SoundCertifier:
         from l0tre_core.certify import certify
 
         limit = None if deadline is None else max(0.0, deadline - time.monotonic())
-        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=limit)
+        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=limit, arrays=_arrays_for(ctx.kernels))
         if verdict.status != "refuted" or verdict.witness is None:
             status = "band" if verdict.status == "unknown" and verdict.band else verdict.status
             return Certificate(status, None, verdict.detail)
@@ -169,6 +169,16 @@ class SoundCertifier:
         same = np.isclose(model_values, ctx.base.astype(np.float64)[enc.positions], rtol=0, atol=1e-7)
         adv[same] = ctx.x_units[same]
         return Certificate("refuted", Witness.between(ctx.x_units, adv), verdict.detail)
+
+
+def _arrays_for(kernels: Any) -> Any:
+    """Where the boxes' forward pass runs: on the GPU when the search's kernels are CuPy's (the
+    run chose the GPU), else NumPy (None)."""
+    if getattr(kernels, "name", "") != "cupy":
+        return None
+    from l0tre_core.certify.arrays import cupy_backend
+
+    return cupy_backend()
 
 
 def _producer(model: Any, tensor: str) -> tuple[str, str]:

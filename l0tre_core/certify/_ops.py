@@ -11,6 +11,16 @@ from typing import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from l0tre_core.certify.arrays import backend_of, module_of
+
+
+def _sliding_window_view(x: np.ndarray, shape: Sequence[int], axis: tuple[int, ...]) -> np.ndarray:
+    """``sliding_window_view`` of ``x``'s own array module (NumPy's does not dispatch to CuPy's)."""
+    m = module_of(x)
+    if m is np or not hasattr(m, "lib"):
+        return sliding_window_view(x, shape, axis=axis)
+    return m.lib.stride_tricks.sliding_window_view(x, shape, axis=axis)
+
 
 def resolve_pads(
     spatial: Sequence[int],
@@ -78,9 +88,9 @@ def windows(
         need = (outs[i] - 1) * strides[i] + ext
         end = max(need - spatial[i] - pads[i], 0)
         pad_width.append((pads[i], end))
-    xp = np.pad(x, pad_width, mode="constant", constant_values=fill)
+    xpad = np.pad(x, pad_width, mode="constant", constant_values=fill)
     exts = [(kernel[i] - 1) * dilations[i] + 1 for i in range(n)]
-    v = sliding_window_view(xp, exts, axis=tuple(range(2, 2 + n)))
+    v = _sliding_window_view(xpad, exts, axis=tuple(range(2, 2 + n)))
     sl = [slice(None), slice(None)]
     sl += [slice(0, (outs[i] - 1) * strides[i] + 1, strides[i]) for i in range(n)]
     sl += [slice(None, None, dilations[i]) for i in range(n)]
@@ -105,7 +115,9 @@ def conv(
     m = w.shape[0]
     cg, mg = c // group, m // group
     kprod = int(np.prod(kernel))
-    out = np.empty((nb, m, int(np.prod(so))), dtype=np.float64)
+    dev = backend_of(x)
+    w = dev.put(w)
+    out = dev.xp.empty((nb, m, int(np.prod(so))), dtype=np.float64)
     # move channels next to the kernel axes: [N, *So, C, *K]
     perm = (0,) + tuple(range(2, 2 + n_sp)) + (1,) + tuple(range(2 + n_sp, 2 + 2 * n_sp))
     wt = np.transpose(win, perm)
@@ -113,7 +125,7 @@ def conv(
         sel = [slice(None)] * wt.ndim
         sel[1 + n_sp] = slice(g * cg, (g + 1) * cg)
         part = wt[tuple(sel)]
-        cols = np.ascontiguousarray(part).reshape(nb * int(np.prod(so)), cg * kprod)
+        cols = module_of(part).ascontiguousarray(part).reshape(nb * int(np.prod(so)), cg * kprod)
         wg = w[g * mg : (g + 1) * mg].reshape(mg, cg * kprod)
         res = cols @ wg.T  # [N*So, mg]
         out[:, g * mg : (g + 1) * mg, :] = res.reshape(nb, -1, mg).transpose(0, 2, 1)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from l0tre_core.certify import float32, local
+from l0tre_core.certify.arrays import NUMPY, ArrayBackend, add_at
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax_windows, pool_values, relax
@@ -102,7 +103,7 @@ def _clean(prob: Problem) -> dict[str, Any]:
         empty = np.full((1, 1), -1, dtype=np.int64)
         zero = np.zeros((1, 1))
         rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}, "pool": {}, "pool_up": {}, "act": {}}
-        _forward(prob, empty, zero, zero, None, rec)
+        _forward(prob, empty, zero, zero, None, rec, arrays=NUMPY)
         cache[key] = rec
     return cache[key]
 
@@ -118,7 +119,7 @@ def clean_images(clean: dict[str, Any], nd: Any, j: int, i: int) -> tuple[np.nda
 
 
 def _conv_terms(nd: Any, i: int, j: int, p: int, cm: np.ndarray, cg: np.ndarray, mid: np.ndarray, gap: np.ndarray,
-                mask: np.ndarray, clean: dict[str, Any]) -> tuple[np.ndarray, ...]:
+                mask: np.ndarray, clean: dict[str, Any], dev: ArrayBackend) -> tuple[np.ndarray, ...]:
     """``W mid`` and ``|W| gap`` for a convolution parent, as the clean rows' images plus the
     convolution of the difference over each box's cone only (zero outside it by construction:
     there every value equals the clean box's). Returns them and the cone of the result.
@@ -137,13 +138,13 @@ def _conv_terms(nd: Any, i: int, j: int, p: int, cm: np.ndarray, cg: np.ndarray,
         pm, pg = w.apply_pair(flat_m, flat_g, (flat_m != 0) | (flat_g != 0))
         cmw, cgw = pm.reshape(b, f, -1), pg.reshape(b, f, -1)
     else:
-        cmw = cgw = np.zeros((b, 0, nd.size))
-    dm = np.where(mask[:, None, :], mid - clean["mid"][p][None], 0.0).reshape(b * 2, dp)
-    dg = np.where(mask[:, None, :], gap - clean["gap"][p][None], 0.0).reshape(b * 2, dp)
+        cmw = cgw = dev.xp.zeros((b, 0, nd.size))
+    dm = np.where(mask[:, None, :], mid - dev.put(clean["mid"][p])[None], 0.0).reshape(b * 2, dp)
+    dg = np.where(mask[:, None, :], gap - dev.put(clean["gap"][p])[None], 0.0).reshape(b * 2, dp)
     rep = np.repeat(mask, 2, axis=0)
     lm, reach = w.apply_local(dm, rep)
     lg, _ = nd.mat_abs(i).apply_local(dg, rep)
-    mw, rw = clean_images(clean, nd, j, i)
+    mw, rw = (dev.put(v) for v in clean_images(clean, nd, j, i))
     return cmw, cgw, lm.reshape(b, 2, -1) + mw[None], lg.reshape(b, 2, -1) + rw[None], reach.reshape(b, 2, -1)[:, 0, :]
 
 
@@ -156,14 +157,16 @@ def _convs_after(net: Any, j: int) -> bool:
 
 
 def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.ndarray,
-                     clean: tuple[tuple[np.ndarray, np.ndarray], PoolRelax]) -> tuple[tuple[np.ndarray, np.ndarray], PoolRelax]:
+                     clean: tuple[tuple[np.ndarray, np.ndarray], PoolRelax],
+                     dev: ArrayBackend) -> tuple[tuple[np.ndarray, np.ndarray], PoolRelax]:
     """A max-pool's interval bounds and relaxation over boxes, computed only on each box's cone
     (``cone [B, Dout]``): every other output reads only values the clean box bounds, so the clean
     box's bounds and relaxation hold for it (they are taken as they are)."""
     (cl, cu), cpr = clean
+    cl, cu = dev.put(cl), dev.put(cu)
     b = cone.shape[0]
     bi, ci = np.nonzero(cone)
-    idx = nd.pool_idx[ci]  # [N, K]
+    idx = dev.put(nd.pool_idx)[ci]  # [N, K]
     pad = idx < 0
     safe = np.where(pad, 0, idx)
     lw = np.where(pad, -np.inf, parent[0][bi[:, None], safe])
@@ -171,20 +174,20 @@ def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.nd
     pr = pool_relax_windows(lw, uw, idx)
 
     def put(full: np.ndarray, part: np.ndarray) -> np.ndarray:
-        return _over_clean(full, part, b, bi, ci)
+        return _over_clean(dev.put(full), part, b, bi, ci)
 
-    return (put(cl, lw.max(axis=-1)), put(cu, uw.max(axis=-1))), PoolRelax(
+    return (_over_clean(cl, lw.max(axis=-1), b, bi, ci), _over_clean(cu, uw.max(axis=-1), b, bi, ci)), PoolRelax(
         put(cpr.istar, pr.istar), put(cpr.slope, pr.slope), put(cpr.off, pr.off), put(cpr.ub, pr.ub))
 
 
 def _act_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.ndarray,
-                    clean: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+                    clean: tuple[np.ndarray, ...], dev: ArrayBackend) -> tuple[np.ndarray, ...]:
     """An activation's relaxation over boxes, computed only on each box's cone (``cone [B, D]``):
     elsewhere its input's bounds are the clean box's, and so is the relaxation."""
     b = cone.shape[0]
     bi, ci = np.nonzero(cone)
     part = relax(nd, parent[0][bi, ci], parent[1][bi, ci])
-    return tuple(_over_clean(full, val, b, bi, ci) for full, val in zip(clean, part))
+    return tuple(_over_clean(dev.put(full), val, b, bi, ci) for full, val in zip(clean, part))
 
 
 def _over_clean(full: np.ndarray, part: np.ndarray, b: int, bi: np.ndarray, ci: np.ndarray) -> np.ndarray:
@@ -197,7 +200,8 @@ def _over_clean(full: np.ndarray, part: np.ndarray, b: int, bi: np.ndarray, ci: 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
                   dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None,
-                  inside_ball: bool = True, input_abs: dict[int, np.ndarray] | None = None) -> np.ndarray | None:
+                  inside_ball: bool = True, input_abs: dict[int, np.ndarray] | None = None,
+                  dev: ArrayBackend = NUMPY) -> np.ndarray | None:
     """``[B, D_j]``: the float32 rounding of linear node ``j`` over each box, from the box's own
     bounds on the node's inputs (float32-valid: they include every earlier node's rounding).
 
@@ -208,7 +212,7 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
     the cone: outside it every value is the clean input's float32 value, which the clean box's
     bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered."""
-    ball = prob.rounding(j)
+    ball = dev.put(prob.rounding(j))
     if ball is None:
         return None
     nd = prob.net.nodes[j]
@@ -216,21 +220,22 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     b = S.shape[0]
     if not g:
         return np.broadcast_to(ball, (b, nd.size))
-    eps = np.broadcast_to(g * nd.bmass, (b, nd.size)).copy()
+    eps = np.broadcast_to(g * dev.put(nd.bmass), (b, nd.size)).copy()
     for i, (p, m) in enumerate(zip(nd.parents, nd.mass)):
         w = nd.mats[i]
+        m = dev.put(m)
         if p == 0:
             # |x| equals |x0| but at the few free scalars
-            x0s = prob.x0[S]
+            x0s = dev.put(prob.x0)[S]
             gain = np.maximum(np.maximum(np.abs(x0s + dlo), np.abs(x0s + dhi)) - np.abs(x0s), 0.0) * real
             if nd.abs_exact[i]:
                 key = (j, i)
                 cache = prob.__dict__.setdefault("_abs_input_terms", {})
                 if key not in cache:
                     cache[key] = apply_mat(np.abs(prob.x0)[None], nd.mat_abs(i))[0].copy()
-                term = np.broadcast_to(cache[key], (b, nd.size)).copy()
+                term = np.broadcast_to(dev.put(cache[key]), (b, nd.size)).copy()
                 if w is None:
-                    np.add.at(term, (np.broadcast_to(np.arange(b)[:, None], S.shape), S), gain)
+                    add_at(term, (np.broadcast_to(dev.xp.arange(b)[:, None], S.shape), S), gain)
                 else:
                     acols = np.abs(nd.input_cols(i, S)) if input_abs is None or i not in input_abs else input_abs[i]
                     term += np.einsum("bfd,bf->bd", acols, gain)
@@ -245,9 +250,9 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
             elif clean is not None and isinstance(w, ConvOp) and p in cone:
                 if (j, i) not in clean["magw"]:
                     clean["magw"][(j, i)] = nd.mat_abs(i).apply(clean["mag"][p][None])[0]
-                diff = np.where(cone[p], mag - clean["mag"][p][None], 0.0)
+                diff = np.where(cone[p], mag - dev.put(clean["mag"][p])[None], 0.0)
                 loc, _ = nd.mat_abs(i).apply_local(diff, cone[p])
-                term = loc.reshape(b, -1) + clean["magw"][(j, i)][None]
+                term = loc.reshape(b, -1) + dev.put(clean["magw"][(j, i)])[None]
             else:
                 term = apply_mat(mag, nd.mat_abs(i))
         eps += g * term
@@ -258,7 +263,8 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
              record: dict[str, Any] | None = None, inside_ball: bool = True,
              cones_out: dict[int, np.ndarray] | None = None, pools_out: dict[int, PoolRelax] | None = None,
-             rows_out: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+             rows_out: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+             arrays: ArrayBackend | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
@@ -267,7 +273,38 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     the clean box's rows per node (``_clean``); ``cones_out``: keep every node's cone there;
     ``pools_out``: every max-pool's relaxation; ``rows_out``: the lower and upper rows of the
     network's cut (``Network.cut``). Also returns each linear node's float32 rounding bound per box
-    ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic)."""
+    ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic).
+
+    ``arrays``: where the pass runs (default ``prob.arrays``, see ``certify/arrays.py``); what it
+    returns is on the host either way."""
+    dev = prob.arrays if arrays is None else arrays
+    out = _forward_on(prob, dev.asarray(S), dev.asarray(dlo), dev.asarray(dhi), clean, record, inside_ball,
+                      cones_out, pools_out, rows_out, dev)
+    if not dev.on_host:
+        for kept in (cones_out, pools_out, rows_out):
+            if kept is not None:
+                kept.update({k: _host(dev, v) for k, v in kept.items()})
+        out = _host(dev, out)
+    return out
+
+
+def _host(dev: ArrayBackend, v: Any) -> Any:
+    """``v`` (arrays, and lists, tuples, dicts and ``PoolRelax`` of them) on the host."""
+    if isinstance(v, PoolRelax):
+        return PoolRelax(*(dev.get(a) for a in (v.istar, v.slope, v.off, v.ub)))
+    if isinstance(v, (list, tuple)):
+        return type(v)(_host(dev, a) for a in v)
+    if isinstance(v, dict):
+        return {k: _host(dev, a) for k, a in v.items()}
+    return dev.get(v)
+
+
+def _forward_on(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
+                record: dict[str, Any] | None, inside_ball: bool, cones_out: dict[int, np.ndarray] | None,
+                pools_out: dict[int, PoolRelax] | None, rows_out: dict[int, tuple[np.ndarray, np.ndarray]] | None,
+                dev: ArrayBackend) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """``_forward`` with its arrays on ``dev`` (``S``, ``dlo``, ``dhi`` there already)."""
+    xp = dev.xp
     net = prob.net
     nodes = net.nodes
     b, f = S.shape
@@ -276,9 +313,10 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     dlo = np.where(real, dlo, 0.0)
     dhi = np.where(real, dhi, 0.0)
     # interval of the input
-    xl = np.broadcast_to(prob.x0, (b, prob.x0.size)).copy()
+    x0 = dev.put(prob.x0)
+    xl = np.broadcast_to(x0, (b, x0.size)).copy()
     xu = xl.copy()
-    rows_idx = np.broadcast_to(np.arange(b)[:, None], S.shape)
+    rows_idx = np.broadcast_to(xp.arange(b)[:, None], S.shape)
     xl[rows_idx[real], S[real]] += dlo[real]
     xu[rows_idx[real], S[real]] += dhi[real]
     bounds: list[Any] = [None] * len(nodes)
@@ -294,23 +332,24 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     for j in range(1, len(nodes)):
         nd = nodes[j]
         if nd.kind == "linear":
-            lo_rows = np.zeros((b, f + 1, nd.size))
-            lo_rows[:, -1, :] = nd.bias
+            bias = dev.put(nd.bias)
+            lo_rows = xp.zeros((b, f + 1, nd.size))
+            lo_rows[:, -1, :] = bias
             up_rows = lo_rows.copy()
-            cen = np.broadcast_to(nd.bias, (b, nd.size)).copy()
-            rad = np.zeros((b, nd.size))
-            reach = np.zeros((b, nd.size), dtype=bool) if clean is not None else None
+            cen = np.broadcast_to(bias, (b, nd.size)).copy()
+            rad = xp.zeros((b, nd.size))
+            reach = xp.zeros((b, nd.size), dtype=bool) if clean is not None else None
             input_abs: dict[int, np.ndarray] = {}  # per input parent: |its free columns|
             for i, (p, w) in enumerate(zip(nd.parents, nd.mats)):
                 il, iu = bounds[p]
                 if p == 0:
                     if w is None:
-                        cols = np.zeros((b, f, nd.size))
-                        cols[np.arange(b)[:, None], np.arange(f)[None, :], S] = real.astype(np.float64)
-                        const = prob.x0
+                        cols = xp.zeros((b, f, nd.size))
+                        cols[xp.arange(b)[:, None], xp.arange(f)[None, :], S] = real.astype(np.float64)
+                        const = x0
                     else:
                         cols = nd.input_cols(i, S) * real[:, :, None]
-                        const = prob.input_term(j, i)
+                        const = dev.put(prob.input_term(j, i))
                     if reach is not None:
                         reach |= (cols != 0).any(axis=1)
                     lo_rows[:, :-1, :] += cols
@@ -341,7 +380,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 mid = 0.5 * np.stack([lp[:, f] + up[:, f], il + iu], axis=1)
                 gap = 0.5 * np.stack([up[:, f] - lp[:, f], iu - il], axis=1)
                 if clean is not None and isinstance(w, ConvOp):
-                    cmw, cgw, mw, rw, r = _conv_terms(nd, i, j, p, cm, cg, mid, gap, cone[p], clean)
+                    cmw, cgw, mw, rw, r = _conv_terms(nd, i, j, p, cm, cg, mid, gap, cone[p], clean, dev)
                     reach |= r  # type: ignore[operator]
                 else:
                     cmw, cgw = apply_mat(cm, w), apply_mat(cg, nd.mat_abs(i))
@@ -359,7 +398,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 up_rows[:, f] += mw[:, 0] + rw[:, 0]
                 cen += mw[:, 1]
                 rad += rw[:, 1]
-            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, input_abs)
+            eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, input_abs, dev)
             if eps is not None:
                 eps_box[j] = eps
                 lo_rows[:, -1, :] -= eps
@@ -380,7 +419,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             p = nd.parents[0]
             if clean is not None:
                 cone[j] = pool_values(cone[p], nd, False).any(axis=-1)
-                bounds[j], rx.cache[j] = _pool_over_cones(nd, bounds[p], cone[j], clean["pool"][j])
+                bounds[j], rx.cache[j] = _pool_over_cones(nd, bounds[p], cone[j], clean["pool"][j], dev)
             else:
                 bounds[j] = nonlinear_interval(nd, *bounds[p])
             pr: PoolRelax = rx.get(j)
@@ -394,16 +433,16 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             # a constant (at most ub) wherever no window input has a slope: only the windows with
             # one are computed; with cones, only each box's own (elsewhere its row is the clean
             # box's constant row)
-            up_rows = np.zeros((b, f + 1, nd.size))
+            up_rows = xp.zeros((b, f + 1, nd.size))
             if clean is not None:
-                up_rows[:, -1, :] = clean["pool_up"][j]
+                up_rows[:, -1, :] = dev.put(clean["pool_up"][j])
                 bi, ci = np.nonzero(cone[j])
             else:
                 up_rows[:, -1, :] = pr.off
                 ci = np.nonzero((pr.slope != 0).any(axis=(0, 2)))[0]
                 bi = None
             if ci.size:
-                win = nd.pool_idx[ci]
+                win = dev.put(nd.pool_idx)[ci]
                 safe = np.where(win < 0, 0, win)  # padding has slope 0
                 if bi is None:
                     vals = np.moveaxis(U[p][:, :, safe], 1, -1)  # [B, C, K, F+1]
@@ -438,7 +477,7 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
             l, u = bounds[p]
             bounds[j] = nonlinear_interval(nd, l, u)
             if clean is not None and j in clean["act"]:
-                rx.cache[j] = _act_over_cones(nd, (l, u), cone[p], clean["act"][j])
+                rx.cache[j] = _act_over_cones(nd, (l, u), cone[p], clean["act"][j], dev)
             sl, bl, su, bu = rx.get(j)
             if record is not None:
                 record["act"][j] = (sl, bl, su, bu)

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from l0tre_core.certify.arrays import backend_of
+
 # the importer reads these through this module (``network.DENSE_CONV_MAX``) when it runs
 MAX_DENSE = 48_000_000  # entries of one dense matrix (384 MB in float64)
 DENSE_CONV_MAX = 1_000_000  # a convolution with a larger dense matrix stays a ConvOp
@@ -81,9 +83,10 @@ class Node:
         if key not in self._cache and w.shape[0] * w.shape[1] <= COLS_CACHE_MAX:
             self._cache[key] = np.ascontiguousarray(as_dense(w).T)
         wt = self._cache.get(key)
+        dev = backend_of(idx)
         if wt is not None:
-            return wt[idx]
-        return np.moveaxis(cols_of(w, idx), 0, -1)
+            return dev.put(wt)[idx]
+        return dev.asarray(np.moveaxis(cols_of(w, dev.get(idx)), 0, -1))
 
 
 class StructuredMap(ABC):
@@ -161,7 +164,8 @@ class SparseMap(StructuredMap):
         return out
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return self._gather(x, self._safe, self.wts)
+        dev = backend_of(x)
+        return self._gather(x, dev.put(self._safe), dev.put(self.wts))
 
     def back(self, a: np.ndarray) -> np.ndarray:
         return self._gather(a, self._t_idx, self._t_wts)
@@ -195,7 +199,7 @@ def apply_mat(x: np.ndarray, w: Any) -> np.ndarray:
     if isinstance(w, StructuredMap):
         return w.apply(x)
     lead = x.shape[:-1]
-    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(lead + (w.shape[0],))
+    return (x.reshape(-1, x.shape[-1]) @ backend_of(x).put(w).T).reshape(lead + (w.shape[0],))
 
 
 def back_mat(a: np.ndarray, w: Any) -> np.ndarray:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from l0tre_core.certify._types import InputSet, Verdict
+from l0tre_core.certify.arrays import NUMPY, ArrayBackend
 from l0tre_core.certify.bounds import spec_bounds
 from l0tre_core.certify.network import Network
 from l0tre_core.certify.problem import Domains, OutOfTime, Problem
@@ -129,6 +130,7 @@ def certify(
     *,
     time_limit: float | None = None,
     split: bool = True,
+    arrays: ArrayBackend | None = None,
 ) -> Verdict:
     """Is every input of at most ``t`` changed pixels (each changed pixel's channels anywhere in
     ``[lo, hi]``) classified ``ref``?
@@ -138,9 +140,11 @@ def certify(
     input with at most ``t`` changed pixels (unchanged scalars bit-identical to ``x0``) that the
     network classifies otherwise. ``unknown``: neither within ``time_limit`` seconds (None: no
     limit; the one-pass bound always runs to the end). ``split=False``: the one-pass bound only.
+    ``arrays``: where the boxes' forward pass runs (``certify/arrays.py``; default NumPy).
     """
     timer = _Timer(time_limit)
     prob = problem_for(net, inputs)
+    prob.arrays = NUMPY if arrays is None else arrays
     if not 0 <= ref < net.n_outputs:
         raise ValueError(f"reference label {ref} out of range")
     if net.n_outputs < 2:

@@ -74,9 +74,10 @@ class _Search(_Attacks, _Cover):
 
     # -- boxes ------------------------------------------------------------------------------------
     def _memory_chunk(self, f: int) -> int:
-        """Boxes (or blocks) of ``f`` free scalars per batch that memory allows."""
+        """Boxes (or blocks) of ``f`` free scalars per batch that memory allows (a GPU's batches
+        are larger: its cost per call is mostly fixed, ``ArrayBackend.chunk_scale``)."""
         width = sum(nd.size for nd in self.net.nodes)
-        return max(1, knobs.BOX_CHUNK_FLOATS // max(1, 2 * (f + 1) * width))
+        return max(1, knobs.BOX_CHUNK_FLOATS * self.prob.arrays.chunk_scale // max(1, 2 * (f + 1) * width))
 
     def _box_chunk(self, f: int, sec_per: float | None) -> int:
         """``_memory_chunk``, and under a deadline what the time left affords at ``sec_per``

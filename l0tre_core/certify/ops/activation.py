@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from l0tre_core.certify import _ops, float32
+from l0tre_core.certify.arrays import backend_of
 from l0tre_core.certify.network import Node
 from l0tre_core.certify.ops.affine import _add_const, _add_syms, _Sym
 
@@ -168,9 +169,13 @@ def pool_values(x: np.ndarray, node: Node, fill: float) -> np.ndarray:
     """``x [..., Din] -> [..., Dout, K]`` the window values (padding replaced by ``fill``)."""
     idx = node.pool_idx
     assert idx is not None
-    vals = x[..., np.where(idx < 0, 0, idx)]
-    if (idx < 0).any():
-        vals = np.where(idx < 0, fill, vals)
+    if "pool_safe" not in node._cache:
+        node._cache["pool_safe"] = np.where(idx < 0, 0, idx)
+        node._cache["pool_pad"] = idx < 0
+    dev = backend_of(x)
+    vals = x[..., dev.put(node._cache["pool_safe"])]
+    if node._cache["pool_pad"].any():
+        vals = np.where(dev.put(node._cache["pool_pad"]), fill, vals)
     return vals
 
 
@@ -331,7 +336,7 @@ def pool_relax(nd: Node, l: np.ndarray, u: np.ndarray) -> PoolRelax:
     = l_i <= L*``), nor padding entries (``-inf``); ties in ``l`` do not matter (only the value
     ``L*`` enters). MaxPool is exact in float32, so no rounding term."""
     assert nd.pool_idx is not None
-    return pool_relax_windows(pool_values(l, nd, -np.inf), pool_values(u, nd, -np.inf), nd.pool_idx)
+    return pool_relax_windows(pool_values(l, nd, -np.inf), pool_values(u, nd, -np.inf), backend_of(l).put(nd.pool_idx))
 
 
 def pool_relax_windows(lw: np.ndarray, uw: np.ndarray, idx: np.ndarray) -> PoolRelax:
@@ -342,11 +347,12 @@ def pool_relax_windows(lw: np.ndarray, uw: np.ndarray, idx: np.ndarray) -> PoolR
     lstar = np.take_along_axis(lw, k[..., None], axis=-1)[..., 0]
     ub = uw.max(axis=-1)
     top = np.argmax(uw, axis=-1)[..., None]  # the input with the largest upper bound
-    is_top = np.arange(uw.shape[-1]) == top
+    k_all = backend_of(uw).xp.arange(uw.shape[-1])
+    is_top = k_all == top
     second = np.where(is_top, -np.inf, uw).max(axis=-1)
     level = np.maximum(lstar, second) if _POOL_POLICY == "top" else lstar
     if _POOL_POLICY == "old":  # the upper row of i* where it dominates, else the constant ub
-        others = np.where(np.arange(uw.shape[-1]) == k[..., None], -np.inf, uw).max(axis=-1)
+        others = np.where(k_all == k[..., None], -np.inf, uw).max(axis=-1)
         level = np.where(lstar >= others, lstar, ub)
     tl = level[..., None]
     free = uw > tl  # C (padding: -inf > T is False)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from l0tre_core.certify import _ops, float32, network
+from l0tre_core.certify.arrays import backend_of
 from l0tre_core.certify.network import SparseMap, StructuredMap, as_dense
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class ConvOp(StructuredMap):
     def apply(self, x: np.ndarray) -> np.ndarray:
         lead = x.shape[:-1]
         xs = x.reshape((-1,) + self.in_shape)
-        out = np.empty((xs.shape[0], self.shape[0]))
+        out = backend_of(x).xp.empty((xs.shape[0], self.shape[0]))
         step = max(1, 4_000_000 // max(1, self.shape[1] * int(np.prod(self.w.shape[2:]))))
         for s in range(0, xs.shape[0], step):
             y = _ops.conv(xs[s : s + step], self.w, None, self.strides, self.pads, self.dilations, self.group)
@@ -158,14 +159,16 @@ class ConvOp(StructuredMap):
         sh, sw = self.strides
         dh, dw = self.dilations
         pt, pl = self.pads[0], self.pads[1]
-        y0, y1, x0, x1, some = self._support_box(support)
+        dev = backend_of(x)
+        # the windows' geometry on the host (a few numbers per row); the rows stay where they are
+        y0, y1, x0, x1, some = (dev.get(v) for v in self._support_box(support))
         # an all-zero row: any window will do, take the smallest
         y0, y1, x0, x1 = (np.where(some, v, 0) for v in (y0, y1, x0, x1))
         oy0, oy1, ox0, ox1 = self._reached(y0, y1, x0, x1)
         hwin = int(max(1, (oy1 - oy0 + 1).max(initial=1)))
         wwin = int(max(1, (ox1 - ox0 + 1).max(initial=1)))
         if hwin == ho and wwin == wo:  # the whole output: the plain convolution, nothing to gather
-            return self.apply(x), np.ones((n, self.shape[0]), dtype=bool)
+            return self.apply(x), dev.xp.ones((n, self.shape[0]), dtype=bool)
         oy0 = np.minimum(oy0, ho - hwin)
         ox0 = np.minimum(ox0, wo - wwin)
         ih, iw = (hwin - 1) * sh + (kh - 1) * dh + 1, (wwin - 1) * sw + (kw - 1) * dw + 1
@@ -177,14 +180,14 @@ class ConvOp(StructuredMap):
         r = np.arange(n)[:, None, None, None]
         win = x.reshape(n, c, h, w_in)[r, np.arange(c)[None, :, None, None],
                                        np.clip(iy, 0, h - 1)[:, None, :, None], np.clip(ix, 0, w_in - 1)[:, None, None, :]]
-        win *= (vy[:, None, :, None] & vx[:, None, None, :])
+        win *= dev.asarray(vy[:, None, :, None] & vx[:, None, None, :])
         y = _ops.conv(win, self.w, None, self.strides, [0, 0, 0, 0], self.dilations, self.group)
-        out = np.zeros((n, m_out, ho, wo))
+        out = dev.xp.zeros((n, m_out, ho, wo))
         oy = (oy0[:, None] + np.arange(hwin)[None, :])[:, None, :, None]
         ox = (ox0[:, None] + np.arange(wwin)[None, :])[:, None, None, :]
         mm = np.arange(m_out)[None, :, None, None]
         out[r, mm, oy, ox] = y
-        reach = np.zeros((n, m_out, ho, wo), dtype=bool)
+        reach = dev.xp.zeros((n, m_out, ho, wo), dtype=bool)
         reach[r, mm, oy, ox] = True
         return out.reshape(n, -1), reach.reshape(n, -1)
 
@@ -216,8 +219,10 @@ class ConvOp(StructuredMap):
         ``PAIR_BLOCK_MAX`` entries go through ``apply_local``."""
         n = x.shape[0]
         _, h, w_in = self.in_shape
-        y0, y1, x0, x1, some = self._support_box(support)
-        out, out_abs = np.zeros((n, self.shape[0])), np.zeros((n, self.shape[0]))
+        dev = backend_of(x)
+        # the grouping on the host (a few numbers per row); the rows and blocks on x's device
+        y0, y1, x0, x1, some = (dev.get(v) for v in self._support_box(support))
+        out, out_abs = dev.xp.zeros((n, self.shape[0])), dev.xp.zeros((n, self.shape[0]))
         key = ((y0 * h + y1) * w_in + x0) * w_in + x1
         rows = np.nonzero(some)[0]  # an all-zero row stays zero
         if rows.size == 0:  # (a split of no rows is one empty group)
@@ -232,8 +237,8 @@ class ConvOp(StructuredMap):
                 big.append(grp)
                 continue
             in_idx, out_idx, wt, wt_abs = block
-            out[grp[:, None], out_idx[None, :]] = x[grp[:, None], in_idx[None, :]] @ wt
-            out_abs[grp[:, None], out_idx[None, :]] = x_abs[grp[:, None], in_idx[None, :]] @ wt_abs
+            out[grp[:, None], out_idx[None, :]] = x[grp[:, None], in_idx[None, :]] @ dev.put(wt)
+            out_abs[grp[:, None], out_idx[None, :]] = x_abs[grp[:, None], in_idx[None, :]] @ dev.put(wt_abs)
         if big:
             rest = np.concatenate(big)
             out[rest] = self.apply_local(x[rest], support[rest])[0]
