@@ -2,10 +2,19 @@
 
 The same comparison as ``benchmarks/certify_vs_autolirpa.py`` (which covers the MLP), on the
 models of ``scripts/zoo.py`` (their PyTorch twins, same weights as the ONNX files). Inputs: the
-first N held-out MNIST test images (t10k 8000+), reference label: the prediction. Set: at most t
-pixels changed, each to any value in [0, 1] (1 channel: pixels = features, as auto_LiRPA counts).
-Certified iff every lower bound of z_ref - z_k (k != ref) is > 0. Ours is the float64 one-pass
-bound (``margin_lower_bounds``, no float32 terms, as auto_LiRPA's).
+first N held-out MNIST test images (t10k 8000+), or for the ResNets (``fmnist_resnet*``) the first
+N images of the zoo's Fashion-MNIST sample (3x32x32, normalised outside the network with the
+card's mean and std); reference label: the prediction. Set: at most t features changed, each to
+any value of its valid range ([0, 1] before normalisation). auto_LiRPA counts features, so on the
+3-channel ResNet both sides count features here, not pixels (a pixel is 3 features). Certified
+iff every lower bound of z_ref - z_k (k != ref) is > 0. Ours is the float64 one-pass bound
+(``margin_lower_bounds``, no float32 terms, as auto_LiRPA's).
+
+On the ResNets auto_LiRPA 0.3 has no valid bound to compare with (measured, see
+``benchmarks/RESULTS.md``): its ``PerturbationL0Norm`` takes every feature to range over [0, 1],
+so the set is given to it in [0, 1] with the normalisation inside the bounded graph; there its
+intermediate bounds start from the clean point (``x_L = x_U = x``) and its margin bounds are
+false (held-out image 0, t = 1: 1.285, where one changed feature reaches 0.872).
 
     python benchmarks/certify_lirpa_zoo.py --side ours --model mnist_convsmall --out /tmp/ours.json
     /work/torchenv/bin/python benchmarks/certify_lirpa_zoo.py --side lirpa --model mnist_convsmall --out /tmp/lirpa.json
@@ -34,16 +43,34 @@ from certify_vs_autolirpa import images  # noqa: E402  (t10k 8000+, float64 in [
 TS = (1, 2, 3)
 
 
+def data(model: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The images ``[n, C, H, W]`` in [0, 1] and the normalisation the model expects outside its
+    graph (``mean``, ``std`` ``[C, 1, 1]``: zeros and ones where there is none)."""
+    if not model.startswith("fmnist_resnet"):
+        return images(n).reshape(-1, 1, 28, 28), np.zeros((1, 1, 1)), np.ones((1, 1, 1))
+    card = json.loads((ROOT / "benchmarks" / "zoo" / f"{model}.onnx.l0tre.json").read_text())
+    raw = np.load(ROOT / "benchmarks" / "zoo" / "fashion32_test_200.npz")["x"][:n]  # [n, 32, 32, 3] uint8
+    return (raw.transpose(0, 3, 1, 2).astype(np.float64) / 255.0, np.asarray(card["mean"], np.float64).reshape(3, 1, 1),
+            np.asarray(card["std"], np.float64).reshape(3, 1, 1))
+
+
 def run_ours(model: str, n: int) -> dict:
     import onnx
 
     from l0tre_core.certify import InputSet, Network, margin_lower_bounds
 
+    xs, mean, std = data(model, n)
+    shape = xs.shape[1:]
+    d = xs[0].size
+    # the set in the model's (normalised) input space: the image of [0, 1] per feature
+    lo = (np.broadcast_to(0.0, shape) - mean) / std
+    hi = (np.broadcast_to(1.0, shape) - mean) / std
     proto = onnx.load(str(ROOT / "benchmarks" / "zoo" / f"{model}.onnx"))
-    net = Network.from_onnx(proto, proto.graph.input[0].name, proto.graph.output[0].name, (1, 28, 28))
+    net = Network.from_onnx(proto, proto.graph.input[0].name, proto.graph.output[0].name, shape)
     res: dict = {"refs": [], "lb": {str(t): [] for t in TS}, "seconds": []}
-    for img in images(n):
-        inp = InputSet(x0=img, lo=np.zeros(784), hi=np.ones(784), pixel=np.arange(784), n_pixels=784)
+    for x in xs:
+        img = ((x - mean) / std).reshape(-1)
+        inp = InputSet(x0=img, lo=lo.reshape(-1), hi=hi.reshape(-1), pixel=np.arange(d), n_pixels=d)
         ref = int(np.argmax(net.forward(img[None])[0]))
         res["refs"].append(ref)
         t0 = time.perf_counter()
@@ -68,10 +95,31 @@ def run_lirpa(model: str, n: int) -> dict:
     BoundedModule._named_members = (lambda self, fn, prefix="", recurse=True, remove_duplicate=True:
                                     named(self, fn, prefix, recurse))
     torch.set_default_dtype(torch.float64)
-    net = load_twin(model).double()
-    xs = images(n).reshape(-1, 1, 28, 28)
+    xs, mean, std = data(model, n)
+
+    class Normalised(torch.nn.Module):
+        """The twin behind its normalisation: auto_LiRPA's PerturbationL0Norm takes every feature
+        to range over [0, 1] whatever x_L and x_U say (its concretize has a FIXME saying so), so
+        the set is given to it in [0, 1] and normalised inside the bounded graph."""
+
+        def __init__(self, twin: torch.nn.Module) -> None:
+            super().__init__()
+            self.twin = twin
+            self.register_buffer("mean", torch.tensor(mean[None]))
+            self.register_buffer("std", torch.tensor(std[None]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.twin((x - self.mean) / self.std)
+
+    # auto_LiRPA 0.3 flattens masks with .view, which fails on the non-contiguous bounds the
+    # normalisation's broadcast leaves: hand it contiguous ones (values unchanged)
+    unstable = BoundedModule.get_unstable_locations
+    BoundedModule.get_unstable_locations = (lambda self, lb, ub, *a, **k:
+                                            unstable(self, lb.contiguous(), ub.contiguous(), *a, **k))
+    net = Normalised(load_twin(model).double()).double()
+    x_lo, x_hi = torch.zeros((1,) + xs.shape[1:]), torch.ones((1,) + xs.shape[1:])
     # matrix mode: PerturbationL0Norm cannot concretise auto_LiRPA's patches (its default for convolutions)
-    bm = BoundedModule(net, (torch.zeros(1, 1, 28, 28),), bound_opts={"conv_mode": "matrix"})
+    bm = BoundedModule(net, (torch.zeros((1,) + xs.shape[1:]),), bound_opts={"conv_mode": "matrix"})
     variants = {"default": None, "bwd-first": False}
     orig_first = bg.BoundedModule.check_IBP_first_linear
     res: dict = {"refs": [], "lb": {v: {str(t): [] for t in TS} for v in variants}, "seconds": {v: [] for v in variants}}
@@ -88,9 +136,9 @@ def run_lirpa(model: str, n: int) -> dict:
             bg.BoundedModule.check_IBP_first_linear = orig_first if patch is None else (lambda self, node: False)
             t0 = time.perf_counter()
             for t in TS:
-                ptb = PerturbationL0Norm(eps=t, x_L=torch.zeros_like(xt), x_U=torch.ones_like(xt), ratio=1.0)
+                ptb = PerturbationL0Norm(eps=t, x_L=x_lo, x_U=x_hi, ratio=1.0)
                 lb, _ = bm.compute_bounds(x=(BoundedTensor(xt, ptb),), C=C, method="CROWN", bound_upper=False)
-                res["lb"][vname][str(t)].append(float(lb.min()))
+                res["lb"][vname][str(t)].append(float(lb.detach().min()))
             res["seconds"][vname].append((time.perf_counter() - t0) / len(TS))
     bg.BoundedModule.check_IBP_first_linear = orig_first
     return res

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from l0tre_core.certify import float32
+from l0tre_core.certify.arrays import backend_of
 from l0tre_core.certify.network import Network, Node, apply_mat, back_mat, rows_of
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax, relax
 from l0tre_core.certify.problem import Domains, Problem, concretize, pixel_terms
@@ -72,7 +73,8 @@ class _Relax:
 def _scatter_rows(a: np.ndarray, istar: np.ndarray, size: int) -> np.ndarray:
     """``out[b, r, istar[b, j]] += a[b, r, j]``."""
     b, r, dout = a.shape
-    flat = (np.arange(b)[:, None, None] * r + np.arange(r)[None, :, None]) * size + istar[:, None, :]
+    xp = backend_of(a).xp
+    flat = (xp.arange(b)[:, None, None] * r + xp.arange(r)[None, :, None]) * size + istar[:, None, :]
     out = np.bincount(flat.reshape(-1), weights=a.reshape(-1), minlength=b * r * size)
     return out.reshape(b, r, size)
 
@@ -81,9 +83,11 @@ def _scatter_window(a: np.ndarray, slope: np.ndarray, idx: np.ndarray, size: int
     """``out[b, r, idx[j, k]] += a[b, r, j] * slope[b, j, k]`` (padding ``idx < 0`` has slope 0)."""
     b, r, dout = a.shape
     kw = idx.shape[1]
+    dev = backend_of(a)
     live = (slope != 0).any(axis=(0, 2))  # the outputs whose upper bound has a linear part
     if not live.any():
-        return np.zeros((b, r, size))
+        return dev.xp.zeros((b, r, size))
+    idx = dev.put(idx)
     cols = np.nonzero(live)[0]
     w = a[:, :, cols, None] * slope[:, None, cols, :]  # [B, R, D', K]
     tgt = np.broadcast_to(np.where(idx[cols] < 0, 0, idx[cols]), (b, cols.size, kw))
@@ -131,7 +135,7 @@ def backward(
     else:
         assert a_start is not None
         A[start] = a_start
-        c = np.zeros(a_start.shape[:2]) if c_start is None else c_start
+        c = backend_of(a_start).xp.zeros(a_start.shape[:2]) if c_start is None else c_start
         top = start
     a_free: np.ndarray | None = None  # box mode: coefficients of delta [B, R, F]
     for j in range(top, 0, -1):
@@ -142,16 +146,17 @@ def backward(
             continue
         a = A.pop(j)
         nd = nodes[j]
+        dev = backend_of(a)
         if nd.kind == "linear":
-            c = c + a @ nd.bias
+            c = c + a @ dev.put(nd.bias)
             eps = prob.rounding(j)
             if rounding is not None and j in rounding:
                 c = c - (np.abs(a) * rounding[j][:, None, :]).sum(axis=-1)
             elif eps is not None:
-                c = c - np.abs(a) @ eps
+                c = c - np.abs(a) @ dev.put(eps)
             for p, w in zip(nd.parents, nd.mats):
                 if p == 0 and box is not None:
-                    c = c + a @ prob.input_term(j, nd.parents.index(p))
+                    c = c + a @ dev.put(prob.input_term(j, nd.parents.index(p)))
                     if w is None:
                         cols = np.take_along_axis(np.broadcast_to(a, (n_dom,) + a.shape[1:]), box.S[:, None, :], axis=2)
                     else:

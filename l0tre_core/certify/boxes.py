@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from l0tre_core.certify import float32, local
-from l0tre_core.certify.arrays import NUMPY, ArrayBackend, add_at
+from l0tre_core.certify.arrays import NUMPY, ArrayBackend, add_at, backend_of
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
 from l0tre_core.certify.ops.activation import PoolRelax, nonlinear_interval, pool_relax_windows, pool_values, relax
@@ -531,24 +531,28 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     and its final-Softmax slack come from its own bounds."""
     net = prob.net
     nodes = net.nodes
-    real = boxes.S >= 0
-    S = np.where(real, boxes.S, 0)
-    dlo = np.where(real, boxes.dlo, 0.0)
-    dhi = np.where(real, boxes.dhi, 0.0)
+    # every array below lives on ``prob.arrays``'s device (``certify/arrays.py``); the results
+    # come back to the host
+    dev = prob.arrays
+    S_in, dlo_in, dhi_in = dev.asarray(boxes.S), dev.asarray(boxes.dlo), dev.asarray(boxes.dhi)
+    real = S_in >= 0
+    S = np.where(real, S_in, 0)
+    dlo = np.where(real, dlo_in, 0.0)
+    dhi = np.where(real, dhi_in, 0.0)
     clean = _clean(prob) if CONES and any(isinstance(w, ConvOp) for nd in nodes for w in nd.mats) else None
     cones: dict[int, np.ndarray] | None = {} if clean is not None and local.ENABLED else None
     pools: dict[int, PoolRelax] = {}
     cut_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if STAGED and net.cut is not None else None
-    bounds, lo_out, up_out, eps_box = _forward(prob, boxes.S, boxes.dlo, boxes.dhi, clean, inside_ball=inside_ball,
-                                               cones_out=cones, pools_out=pools, rows_out=cut_rows)
+    bounds, lo_out, up_out, eps_box = _forward_on(prob, S_in, dlo_in, dhi_in, clean, None, inside_ball,
+                                                  cones, pools, cut_rows, dev)
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
     fwd = _lin_lower(rows, dlo, dhi)
     hint = np.transpose(rows[:, :-1, :], (0, 2, 1))
     if prob.exact_arithmetic:
-        slack = np.zeros((len(boxes), 1))
+        slack = dev.xp.zeros((len(boxes), 1))
     elif inside_ball:
-        slack = np.full((len(boxes), 1), prob.final_slack)
+        slack = dev.xp.full((len(boxes), 1), prob.final_slack)
     else:
         slack = _final_slack(prob, bounds)[:, None]
     lb = fwd.copy()
@@ -557,9 +561,10 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     if sel.size:
         lb[sel] = np.maximum(lb[sel], _spec_backward(prob, bounds, sel, S, dlo, dhi, eps_box, ref, pools,
                                                      cut_rows=cut_rows, slack=slack[sel]))
-    if local.ENABLED and inside_ball:
+    if local.ENABLED and inside_ball:  # (host code)
+        lb, slack, bounds, cones, eps_box, S, dlo, dhi = _host(dev, (lb, slack, bounds, cones, eps_box, S, dlo, dhi))
         _tighten_locally(prob, lb, slack, bounds, cones, eps_box, S, dlo, dhi, ref)
-    return lb - slack, hint
+    return dev.get(lb - slack), dev.get(hint)
 
 
 def _tighten_locally(prob: Problem, lb: np.ndarray, slack: np.ndarray, bounds: list[Any],
@@ -611,7 +616,7 @@ def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndar
     above ``slack``) costs no pass through the convolutions below; the rest go on to the input."""
     net = prob.net
     rx = _relax_of(net, bounds, sel, pools or {})
-    c = spec_matrix(net.n_outputs, ref)
+    c = backend_of(S).asarray(spec_matrix(net.n_outputs, ref))
     box = BoxInput(S[sel], dlo[sel], dhi[sel])
     rounding = {k: v[sel] for k, v in eps_box.items()}
     if not cut_rows:
@@ -655,6 +660,6 @@ def _final_slack(prob: Problem, bounds: list[Any]) -> np.ndarray:
     """``[B]``: the final Softmax's slack (``Problem.prepare_float32``'s formula) from each box's
     own output magnitudes."""
     if prob.net.final is None:
-        return np.zeros(bounds[0][0].shape[0])
+        return backend_of(bounds[0][0]).xp.zeros(bounds[0][0].shape[0])
     mags = float32.magnitudes(bounds)
     return float32.FINAL_ALLOWANCE + float32.SAFETY * 4 * float32.U * float32.output_magnitude(prob.net, mags)

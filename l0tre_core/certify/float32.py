@@ -106,8 +106,10 @@ def output_magnitude(net: Any, mags: Sequence[np.ndarray | None]) -> np.ndarray:
     """``[B]``: a bound on the magnitude of the outputs, ``|W| |v| + |b|``."""
     from l0tre_core.certify.network import apply_mat
 
+    from l0tre_core.certify.arrays import backend_of
+
     nd = net.nodes[net.output]
-    z = np.abs(nd.bias)[None, :]
+    z = np.abs(backend_of(mags[nd.parents[0]]).put(nd.bias))[None, :]
     for i, p in enumerate(nd.parents):
         z = z + apply_mat(mags[p], nd.mat_abs(i))
     return z.max(axis=1)

@@ -168,7 +168,8 @@ class SparseMap(StructuredMap):
         return self._gather(x, dev.put(self._safe), dev.put(self.wts))
 
     def back(self, a: np.ndarray) -> np.ndarray:
-        return self._gather(a, self._t_idx, self._t_wts)
+        dev = backend_of(a)
+        return self._gather(a, dev.put(self._t_idx), dev.put(self._t_wts))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
@@ -209,7 +210,7 @@ def back_mat(a: np.ndarray, w: Any) -> np.ndarray:
     if isinstance(w, StructuredMap):
         return w.back(a)
     lead = a.shape[:-1]
-    return (a.reshape(-1, a.shape[-1]) @ w).reshape(lead + (w.shape[1],))
+    return (a.reshape(-1, a.shape[-1]) @ backend_of(a).put(w)).reshape(lead + (w.shape[1],))
 
 
 def rows_of(w: Any, idx: np.ndarray, n_in: int) -> np.ndarray:

@@ -292,11 +292,12 @@ class ConvOp(StructuredMap):
         lead = a.shape[:-1]
         n = int(np.prod(lead, dtype=np.int64))
         a2 = a.reshape(n, self.shape[0])
+        dev = backend_of(a)
         if self.shape[0] * self.shape[1] <= BACK_DENSE_MAX:
             if getattr(self, "_dense", None) is None:
                 self._dense = self.dense()
-            return (a2 @ self._dense).reshape(lead + (self.shape[1],))
-        out = np.empty((n, self.shape[1]))
+            return (a2 @ dev.put(self._dense)).reshape(lead + (self.shape[1],))
+        out = dev.xp.empty((n, self.shape[1]))
         kprod = int(np.prod(self.w.shape[1:]))
         step = max(1, 4_000_000 // max(1, self.shape[0] // self.out_shape[0] * kprod * self.group + self.shape[1]))
         for s in range(0, n, step):
@@ -315,10 +316,12 @@ class ConvOp(StructuredMap):
         mg, cg = m // g, c // g
         a4 = a2.reshape(n, m, ho * wo)
         hp, wp = self._padded_extent()
-        out = np.zeros((n, c, hp, wp))
+        dev = backend_of(a2)
+        w = dev.put(self.w)
+        out = dev.xp.zeros((n, c, hp, wp))
         for gi in range(g):
-            ag = np.ascontiguousarray(a4[:, gi * mg : (gi + 1) * mg, :].transpose(0, 2, 1)).reshape(n * ho * wo, mg)
-            wg = self.w[gi * mg : (gi + 1) * mg].reshape(mg, cg * kh * kw)
+            ag = dev.xp.ascontiguousarray(a4[:, gi * mg : (gi + 1) * mg, :].transpose(0, 2, 1)).reshape(n * ho * wo, mg)
+            wg = w[gi * mg : (gi + 1) * mg].reshape(mg, cg * kh * kw)
             cols = (ag @ wg).reshape(n, ho, wo, cg, kh, kw)
             for ky in range(kh):
                 ys = slice(ky * dh, ky * dh + (ho - 1) * sh + 1, sh)
