@@ -9,7 +9,8 @@ largest difference between the two bounds.
 
 Part 2, whole certificates: ``certify`` at t = 2 on held-out MNIST images (t10k 8000+) of the
 zoo's ConvSmall and max-pool CNNs, with NumPy and with CuPy; each input's verdict and seconds
-(level t = 2 alone, after t = 1 as the engine runs it). Needs CuPy and a usable GPU.
+(level t = 2 alone, after t = 1 as the engine runs it), and the seconds of the boxes' forward
+pass among them. Needs CuPy and a usable GPU.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ _IN_FORWARD = [0.0]
 
 
 def _timed_forward() -> None:
-    """Count the seconds spent in the forward pass (the part on the GPU), copies back included."""
+    """Count the seconds spent in the boxes' forward pass."""
     real = boxes._forward
 
     def timed(*args, **kw):

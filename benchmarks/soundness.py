@@ -14,7 +14,9 @@ exit code 1 if any certificate is false (or any witness is bad).
 the code paths of wide networks onto these tiny ones (convolutions bounded over each box's cone,
 light ball bounds at t = 1, every undecided box through its own backward pass, ``certify/local.py``:
 ``test_soundness_harness.cone_paths``). ``--cover`` forces the covering
-blocks at t >= 2, every block bounded however many pixels it frees (``cover_paths``).
+blocks at t >= 2, every block bounded however many pixels it frees (``cover_paths``). ``--arrays
+strict|cupy`` bounds the boxes on another array device (``device_paths``): the strict stand-in for
+CuPy on any machine, CuPy itself on a GPU.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(boxes bounded over their cones), light ball bounds at t = 1, the local backward pass")
     ap.add_argument("--cover", action="store_true", help="force the covering blocks at t >= 2, every block "
                     "bounded however large (blocks outside the ball the float32 terms were prepared for)")
+    ap.add_argument("--arrays", choices=("strict", "cupy"), default=None, help="bound the boxes on another array "
+                    "device: the strict stand-in for CuPy, or CuPy on a GPU (certify/arrays.py)")
     args = ap.parse_args(argv)
 
     families = [f for f in args.families.split(",") if f]
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown families {unknown} (known: {', '.join(nb.FAMILIES)})")
     kw = dict(n_inputs=args.inputs, max_t=args.max_t, certify_time=args.certify_time, input_time=args.input_time,
-              cones=args.cones, cover=args.cover)
+              cones=args.cones, cover=args.cover, arrays=args.arrays)
     work = Path(tempfile.mkdtemp(prefix="l0tre-soundness-"))
     if args.network:
         fam, seed = args.network.split(":")

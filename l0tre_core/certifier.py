@@ -172,7 +172,7 @@ class SoundCertifier:
 
 
 def _arrays_for(kernels: Any) -> Any:
-    """Where the boxes' forward pass runs: on the GPU when the search's kernels are CuPy's (the
+    """Where the certifier bounds its boxes: on the GPU when the search's kernels are CuPy's (the
     run chose the GPU), else NumPy (None)."""
     if getattr(kernels, "name", "") != "cupy":
         return None

@@ -139,14 +139,34 @@ def cover_paths() -> Iterator[None]:
         search.COVER_SWITCH_SHARE, search.COVER_SHARE, search.COVER_HOPELESS = saved
 
 
+@contextlib.contextmanager
+def device_paths(name: str) -> Iterator[None]:
+    """Bound every box on another array device (``certify/arrays.py``): ``strict``, the stand-in
+    in host memory that refuses host operands as CuPy does, or ``cupy`` on a GPU."""
+    from l0tre_core import certifier
+    from l0tre_core.certify import arrays
+
+    be = arrays.STRICT if name == "strict" else arrays.cupy_backend() if name == "cupy" else None
+    if be is None:
+        raise ValueError(f"no array device {name!r} here (strict, or cupy where a GPU is usable)")
+    saved = certifier._arrays_for
+    certifier._arrays_for = lambda kernels: be
+    try:
+        yield
+    finally:
+        certifier._arrays_for = saved
+
+
 def check_network(family: str, seed: int, folder: str | Path, *, n_inputs: int = 4, max_t: int = 2,
                   certify_time: float = 1.0, input_time: float = 2.0, grid_budget: int = 40_000, host: Any = None,
-                  cones: bool = False, cover: bool = False) -> NetResult:
+                  cones: bool = False, cover: bool = False, arrays: str | None = None) -> NetResult:
     """Generate one network, run l0tre on its inputs, check every claim with the oracle
     (``cones``: with the wide networks' code paths forced, ``cone_paths``; ``cover``: with the
-    covering blocks forced at t >= 2, ``cover_paths``)."""
-    if cones or cover:
-        with cone_paths() if cones else contextlib.nullcontext(), cover_paths() if cover else contextlib.nullcontext():
+    covering blocks forced at t >= 2, ``cover_paths``; ``arrays``: boxes bounded on that device,
+    ``device_paths``)."""
+    if cones or cover or arrays:
+        with (cone_paths() if cones else contextlib.nullcontext(), cover_paths() if cover else contextlib.nullcontext(),
+              device_paths(arrays) if arrays else contextlib.nullcontext()):
             return check_network(family, seed, folder, n_inputs=n_inputs, max_t=max_t, certify_time=certify_time,
                                  input_time=input_time, grid_budget=grid_budget, host=host)
     from helpers import write_npz
@@ -376,6 +396,35 @@ def test_sound_certificates_hold_on_cover_paths(family: str, seed: int, tmp_path
     res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cover=True)
     if res.findings:
         pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec} (cover paths):\n"
+                    + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
+
+
+# networks run again with the boxes bounded on the strict stand-in device (``device_paths``), cone
+# and cover paths forced: the GPU's code path against the oracle on any machine
+DEVICE_NETWORKS = [("cnn", 2), ("residual", 4), ("sigmoid_out", 2)]
+
+
+@pytest.mark.parametrize("family,seed", DEVICE_NETWORKS, ids=[f"{f}-{s}" for f, s in DEVICE_NETWORKS])
+def test_sound_certificates_hold_on_the_device_paths(family: str, seed: int, tmp_path: Path, host: Any) -> None:
+    from l0tre_core.certify import boxes
+    from l0tre_core.certify.arrays import NUMPY
+
+    seen = []
+    real = boxes._forward
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("dev", NUMPY).name)  # the device the pass ran on
+        return real(*args, **kw)
+
+    boxes._forward = spy
+    try:
+        res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cones=True, cover=True,
+                            arrays="strict")
+    finally:
+        boxes._forward = real
+    assert "strict" in seen, "no box was bounded on the device"
+    if res.findings:
+        pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec} (device paths):\n"
                     + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
 
 

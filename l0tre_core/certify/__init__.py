@@ -1,4 +1,5 @@
-"""Sound L0 certification by linear bound propagation over ONNX classifiers (pure NumPy).
+"""Sound L0 certification by linear bound propagation over ONNX classifiers (NumPy; boxes on CuPy
+on a GPU, ``certify/arrays.py``).
 
 The engine calls exactly this API:
 

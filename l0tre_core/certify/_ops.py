@@ -17,7 +17,7 @@ from l0tre_core.certify.arrays import backend_of, module_of
 def _sliding_window_view(x: np.ndarray, shape: Sequence[int], axis: tuple[int, ...]) -> np.ndarray:
     """``sliding_window_view`` of ``x``'s own array module (NumPy's does not dispatch to CuPy's)."""
     m = module_of(x)
-    if m is np or not hasattr(m, "lib"):
+    if m is np:
         return sliding_window_view(x, shape, axis=axis)
     return m.lib.stride_tricks.sliding_window_view(x, shape, axis=axis)
 

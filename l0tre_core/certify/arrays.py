@@ -1,6 +1,7 @@
-"""Where the boxes' forward pass keeps its arrays: NumPy on the host, CuPy on a GPU.
+"""Where boxes are bounded: NumPy on the host, CuPy on a GPU.
 
-The forward pass (``boxes._forward`` and the operators it calls) is written once, against NumPy.
+``boxes.box_bounds`` (the forward pass, the backward pass on the margins, and the operators they
+call) is written once, against NumPy.
 Its functions take the array module from their operands: NumPy's functions dispatch to CuPy for
 CuPy arrays (NEP 18, ``__array_function__``/``__array_ufunc__``), and the few calls that create
 arrays from nothing take ``xp`` (``ArrayBackend.xp``). The network's constants (matrices, biases,
@@ -65,7 +66,7 @@ class ArrayBackend:
     def put(self, a: Any) -> Any:
         """The device copy of the host array ``a``, kept while ``a`` lives (network constants,
         the clean box's rows). Device arrays and None pass through."""
-        if self.on_host or a is None or not isinstance(a, np.ndarray):
+        if self.on_host or type(a) is not np.ndarray:  # None, or already on the device
             return a
         key = id(a)
         hit = self._kept.get(key)
@@ -92,8 +93,8 @@ class CupyBackend(ArrayBackend):
 
         self.xp = cupy
         # a call costs the GPU about the same for 20 boxes as for 300 (kernel launches and
-        # copies): larger batches where its free memory holds them (about 12 row arrays of the
-        # batch's size are alive at once)
+        # copies): batches as many times the host's as 24 arrays of their rows (the rows, their
+        # copies and temporaries) fit in the free memory, at most 16
         free = cupy.cuda.Device().mem_info[0]
         self.chunk_scale = int(max(1, min(16, free // (24 * 8 * _box_chunk_floats()))))
 

@@ -103,7 +103,7 @@ def _clean(prob: Problem) -> dict[str, Any]:
         empty = np.full((1, 1), -1, dtype=np.int64)
         zero = np.zeros((1, 1))
         rec: dict[str, Any] = {"mid": {}, "gap": {}, "mw": {}, "rw": {}, "mag": {}, "magw": {}, "pool": {}, "pool_up": {}, "act": {}}
-        _forward(prob, empty, zero, zero, None, rec, arrays=NUMPY)
+        _forward(prob, empty, zero, zero, None, rec)
         cache[key] = rec
     return cache[key]
 
@@ -163,7 +163,6 @@ def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.nd
     (``cone [B, Dout]``): every other output reads only values the clean box bounds, so the clean
     box's bounds and relaxation hold for it (they are taken as they are)."""
     (cl, cu), cpr = clean
-    cl, cu = dev.put(cl), dev.put(cu)
     b = cone.shape[0]
     bi, ci = np.nonzero(cone)
     idx = dev.put(nd.pool_idx)[ci]  # [N, K]
@@ -173,11 +172,11 @@ def _pool_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.nd
     uw = np.where(pad, -np.inf, parent[1][bi[:, None], safe])
     pr = pool_relax_windows(lw, uw, idx)
 
-    def put(full: np.ndarray, part: np.ndarray) -> np.ndarray:
+    def over(full: np.ndarray, part: np.ndarray) -> np.ndarray:
         return _over_clean(dev.put(full), part, b, bi, ci)
 
-    return (_over_clean(cl, lw.max(axis=-1), b, bi, ci), _over_clean(cu, uw.max(axis=-1), b, bi, ci)), PoolRelax(
-        put(cpr.istar, pr.istar), put(cpr.slope, pr.slope), put(cpr.off, pr.off), put(cpr.ub, pr.ub))
+    return (over(cl, lw.max(axis=-1)), over(cu, uw.max(axis=-1))), PoolRelax(
+        over(cpr.istar, pr.istar), over(cpr.slope, pr.slope), over(cpr.off, pr.off), over(cpr.ub, pr.ub))
 
 
 def _act_over_cones(nd: Any, parent: tuple[np.ndarray, np.ndarray], cone: np.ndarray,
@@ -260,11 +259,20 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     return np.minimum(ball[None, :], own) if inside_ball else own
 
 
+def _host(dev: ArrayBackend, v: Any) -> Any:
+    """``v`` (arrays, and lists, tuples and dicts of them) on the host."""
+    if isinstance(v, (list, tuple)):
+        return type(v)(_host(dev, a) for a in v)
+    if isinstance(v, dict):
+        return {k: _host(dev, a) for k, a in v.items()}
+    return dev.get(v)
+
+
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
              record: dict[str, Any] | None = None, inside_ball: bool = True,
              cones_out: dict[int, np.ndarray] | None = None, pools_out: dict[int, PoolRelax] | None = None,
              rows_out: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
-             arrays: ArrayBackend | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+             dev: ArrayBackend = NUMPY) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Forward-mode linear bounds in the free scalars ``S [B, F]`` (padding -1): the interval
     bounds of every node but the output, and the output's lower and upper rows ``[B, F+1, K]``.
 
@@ -275,35 +283,8 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     network's cut (``Network.cut``). Also returns each linear node's float32 rounding bound per box
     ``[B, D_j]`` (``_box_rounding``; empty in exact arithmetic).
 
-    ``arrays``: where the pass runs (default ``prob.arrays``, see ``certify/arrays.py``); what it
-    returns is on the host either way."""
-    dev = prob.arrays if arrays is None else arrays
-    out = _forward_on(prob, dev.asarray(S), dev.asarray(dlo), dev.asarray(dhi), clean, record, inside_ball,
-                      cones_out, pools_out, rows_out, dev)
-    if not dev.on_host:
-        for kept in (cones_out, pools_out, rows_out):
-            if kept is not None:
-                kept.update({k: _host(dev, v) for k, v in kept.items()})
-        out = _host(dev, out)
-    return out
-
-
-def _host(dev: ArrayBackend, v: Any) -> Any:
-    """``v`` (arrays, and lists, tuples, dicts and ``PoolRelax`` of them) on the host."""
-    if isinstance(v, PoolRelax):
-        return PoolRelax(*(dev.get(a) for a in (v.istar, v.slope, v.off, v.ub)))
-    if isinstance(v, (list, tuple)):
-        return type(v)(_host(dev, a) for a in v)
-    if isinstance(v, dict):
-        return {k: _host(dev, a) for k, a in v.items()}
-    return dev.get(v)
-
-
-def _forward_on(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
-                record: dict[str, Any] | None, inside_ball: bool, cones_out: dict[int, np.ndarray] | None,
-                pools_out: dict[int, PoolRelax] | None, rows_out: dict[int, tuple[np.ndarray, np.ndarray]] | None,
-                dev: ArrayBackend) -> tuple[list[Any], np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """``_forward`` with its arrays on ``dev`` (``S``, ``dlo``, ``dhi`` there already)."""
+    ``dev``: the device the arrays are on (``S``, ``dlo``, ``dhi`` there already; see
+    ``certify/arrays.py``), and so are the results."""
     xp = dev.xp
     net = prob.net
     nodes = net.nodes
@@ -543,8 +524,8 @@ def box_bounds(prob: Problem, boxes: Boxes, ref: int, *, inside_ball: bool = Tru
     cones: dict[int, np.ndarray] | None = {} if clean is not None and local.ENABLED else None
     pools: dict[int, PoolRelax] = {}
     cut_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if STAGED and net.cut is not None else None
-    bounds, lo_out, up_out, eps_box = _forward_on(prob, S_in, dlo_in, dhi_in, clean, None, inside_ball,
-                                                  cones, pools, cut_rows, dev)
+    bounds, lo_out, up_out, eps_box = _forward(prob, S_in, dlo_in, dhi_in, clean, inside_ball=inside_ball,
+                                               cones_out=cones, pools_out=pools, rows_out=cut_rows, dev=dev)
     others = [k for k in range(net.n_outputs) if k != ref]
     rows = lo_out[:, :, ref : ref + 1] - up_out[:, :, others]  # [B, F+1, K-1]
     fwd = _lin_lower(rows, dlo, dhi)

@@ -41,7 +41,7 @@ class OutOfTime(Exception):
 class Problem:
     def __init__(self, net: Network, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, pixel: np.ndarray, n_pixels: int) -> None:
         self.net = net
-        self.arrays: ArrayBackend = NUMPY  # where the boxes' forward pass runs (``certify/arrays.py``)
+        self.arrays: ArrayBackend = NUMPY  # where boxes are bounded (``certify/arrays.py``)
         self.x0 = np.asarray(x0, dtype=np.float64).reshape(-1)
         self.lo = np.asarray(lo, dtype=np.float64).reshape(-1)
         self.hi = np.asarray(hi, dtype=np.float64).reshape(-1)

@@ -140,7 +140,7 @@ def certify(
     input with at most ``t`` changed pixels (unchanged scalars bit-identical to ``x0``) that the
     network classifies otherwise. ``unknown``: neither within ``time_limit`` seconds (None: no
     limit; the one-pass bound always runs to the end). ``split=False``: the one-pass bound only.
-    ``arrays``: where the boxes' forward pass runs (``certify/arrays.py``; default NumPy).
+    ``arrays``: where boxes are bounded (``certify/arrays.py``; default NumPy).
     """
     timer = _Timer(time_limit)
     prob = problem_for(net, inputs)
