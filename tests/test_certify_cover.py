@@ -149,3 +149,61 @@ def test_t1_keeps_each_pixel_boxs_bounds_for_the_next_level() -> None:
     S = prob.pixel_scalars
     direct, _ = box_bounds(prob, Boxes(S, prob.lo[S] - prob.x0[S], prob.hi[S] - prob.x0[S], np.zeros(len(S), np.int64)), ref)
     np.testing.assert_allclose(kept, direct, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])  # seeds whose first probe proves some tasks and fails others
+def test_the_cover_with_hopeless_probes_leaves_no_pair_out(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the blocks' bounds say, every pair of pixels ends in a proven block or in a pair
+    box handed to the box search. Every task starts out hopeless, so the probes that raise the
+    level (``_Cover._hopeless_level``) prove some tasks and fail others (bounds faked at random):
+    a proven probe's task is done, a failed one's kids go on."""
+    from test_certify_soundness import _input_set
+
+    from l0tre_core.certify import cover, search
+    from l0tre_core.certify.search import _Search, _Timer
+
+    case = build_cnn(80 + seed, hw=(4, 4), conv=(3, 2, 1, 0), dense=6)
+    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
+    x0 = np.random.default_rng(seed).uniform(0, 1, case.d)
+    ref = int(np.argmax(net.forward(x0[None])[0]))
+    prob = problem_for(net, _input_set(case, x0))
+    prob.prepare_float32(2)
+    monkeypatch.setattr(search, "COVER_HOPELESS", 0.01)
+    monkeypatch.setattr(search, "COVER_HOPELESS_DOUBLINGS", 10)
+    rng = np.random.default_rng(seed)
+    covered: set[tuple[int, int]] = set()
+    probed: list[dict[int, bool]] = []
+
+    def pairs(pix: np.ndarray) -> set[tuple[int, int]]:
+        return set(itertools.combinations(sorted(set(pix.tolist())), 2))
+
+    def fake_bounds(p: object, boxes: Boxes, r: int, inside_ball: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        proven = rng.uniform(size=len(boxes)) < 0.5
+        for i in np.nonzero(proven)[0]:
+            covered.update(pairs(prob.pixel[boxes.S[i][boxes.S[i] >= 0]]))
+        lb = np.where(proven, 1.0, -1.0)[:, None] * np.ones((len(boxes), net.n_outputs - 1))
+        return lb, np.zeros((len(boxes), net.n_outputs - 1, boxes.S.shape[1]))
+
+    real_blocks, real_level = cover._Cover._block_boxes, cover._Cover._hopeless_level
+
+    def small_jobs(self: object, tasks: list, order: np.ndarray) -> Boxes:
+        for task in tasks:
+            if block_size(task) <= 2:  # a pair box: the box search takes it from here
+                covered.update(pairs(np.concatenate([order[a:b] for (a, b) in members(task)])))
+        return real_blocks(self, tasks, order)  # type: ignore[arg-type]
+
+    def level(self: object, *args: object) -> tuple[float, dict[int, bool]]:
+        out = real_level(self, *args)  # type: ignore[arg-type]
+        probed.append(out[1])
+        return out
+
+    s = _Search(prob, ref, 2, _Timer(60.0))
+    monkeypatch.setattr(cover, "box_bounds", fake_bounds)
+    monkeypatch.setattr(cover._Cover, "_block_boxes", small_jobs)
+    monkeypatch.setattr(cover._Cover, "_hopeless_level", level)
+    monkeypatch.setattr(s, "_calibrate", lambda load, order: 1.0)  # (its random blocks cover nothing)
+    monkeypatch.setattr(s, "_drain_boxes", lambda queue, all_=True: queue.clear())
+    monkeypatch.setattr(s, "check", lambda points: False)
+    assert s._run_cover() is None
+    assert probed and any(v for v in probed[0].values()) and not all(probed[0].values())
+    assert covered == set(itertools.combinations(range(case.n_pixels), 2))

@@ -382,19 +382,34 @@ def test_tiny_images_every_t_with_clean_input_outside_the_range(seed: int, pairs
                 assert exact.min() < 0
 
 
-@pytest.mark.parametrize("share", [None, 50.0])
+@pytest.mark.parametrize("share,hopeless", [(None, None), (50.0, np.inf), (None, 0.01)])
 @pytest.mark.parametrize("name", ["mlp_relu", "cnn_maxpool", "cnn_3ch_nhwc_maxpool", "cnn_stride2_pad",
                                   "cnn_leaky_softmax_reshape_b1"])
-def test_t2_cover_against_milp(name: str, share: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_t2_cover_against_milp(name: str, share: float | None, hopeless: float | None,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
     """t = 2 by covering blocks (what the search switches to on CNNs). ``share``: blocks far
     larger than the predictor allows, every one bounded (none split unbounded), so blocks of
-    many free pixels, outside the ball the float32 terms were prepared for, carry the proofs."""
-    from l0tre_core.certify import search
+    many free pixels, outside the ball the float32 terms were prepared for, carry the proofs.
+    ``hopeless`` 0.01: every task starts out hopeless, so the probes that raise the level
+    (``_Cover._hopeless_level``, up to 2^10 times) run, and the tasks they prove or fail leave the
+    cover complete."""
+    from l0tre_core.certify import cover, search
 
     monkeypatch.setattr(search, "COVER_SWITCH_SHARE", 0.0)
     if share is not None:
         monkeypatch.setattr(search, "COVER_SHARE", share)
-        monkeypatch.setattr(search, "COVER_HOPELESS", np.inf)
+    if hopeless is not None:
+        monkeypatch.setattr(search, "COVER_HOPELESS", hopeless)
+        monkeypatch.setattr(search, "COVER_HOPELESS_DOUBLINGS", 10)
+    probes: list[dict[int, bool]] = []
+    real = cover._Cover._hopeless_level
+
+    def spy(self: object, *args: object) -> tuple[float, dict[int, bool]]:
+        level, probed = real(self, *args)  # type: ignore[arg-type]
+        probes.append(probed)
+        return level, probed
+
+    monkeypatch.setattr(cover._Cover, "_hopeless_level", spy)
     case, net = _case(name)
     rng = np.random.default_rng(5)
     xs = rng.uniform(0, 1, (64, case.d))
@@ -411,3 +426,5 @@ def test_t2_cover_against_milp(name: str, share: float | None, monkeypatch: pyte
             _check_witness(case, x0, ref, 2, v.witness)
         else:
             pytest.fail(v.detail)
+    if hopeless == 0.01 and probes:  # (the cover ran: some inputs are decided before it)
+        assert any(probed for probed in probes), "no task was probed"

@@ -59,7 +59,8 @@ COVER_SWITCH_SHARE = 0.1  # t >= 2: share of the time left for branch and bound 
 COVER_SWITCH_SECONDS = 10.0  # ... and the time it gets when there is no time limit
 COVER_DIRECT = 1.0  # ... none when the one-pass bound is below minus this many clean margins
 COVER_SHARE = 0.8  # a task's predicted load at most (``cover._Cover._load``: the pixels' summed costs, in clean margins)
-COVER_HOPELESS = 1.2  # a task predicted above this is split without being bounded
+COVER_HOPELESS = 1.2  # a task predicted above this is split without being bounded ...
+COVER_HOPELESS_DOUBLINGS = 3  # ... unless probes above it are proven (``_Cover._hopeless_level``): up to 8x
 COVER_MAX_GROUP = 128  # pixels per group at most
 COVER_PROBE_LEVELS = (2.0, 4.0, 8.0)  # predicted loads (in COVER_SHARE) probed by ``_Cover._calibrate``
 COVER_PROBE_BLOCKS = 4  # ... with this many random blocks each

@@ -49,6 +49,7 @@ class _Search(_Attacks, _Cover):
         self.n_presplit = 0
         self.n_block_scalars = 0
         self.cover_scale = 1.0  # the predictor's calibration (``_Cover._calibrate``)
+        self.cover_hopeless = 0.0  # the predicted load above which tasks were split unbounded
         self._t1_lb: np.ndarray | None = None  # t = 1: each pixel box's bounds (``_keep_t1_bounds``)
 
     def verdict(self, detail: str) -> Verdict:
@@ -326,8 +327,9 @@ class _Search(_Attacks, _Cover):
     # -- covering blocks (t >= 2) ---------------------------------------------------------------------
     def _cover_verdict(self) -> Verdict:
         res = self._run_cover()
-        detail = (f"cover: {self.n_tasks} tasks (scale {self.cover_scale:g}), {self.n_blocks} blocks of "
-                  f"{self.n_block_scalars} scalars ({self.n_presplit} split unbounded), {self.n_boxes} boxes")
+        detail = (f"cover: {self.n_tasks} tasks (scale {self.cover_scale:g}, hopeless above {self.cover_hopeless:g}), "
+                  f"{self.n_blocks} blocks of {self.n_block_scalars} scalars ({self.n_presplit} split unbounded), "
+                  f"{self.n_boxes} boxes")
         if res == "refuted":
             return self.verdict(detail)
         if res == "timeout":
