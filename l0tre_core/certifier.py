@@ -15,12 +15,15 @@ first tensor where the two part.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from l0tre_core.witness import Witness
 from l0tre_core.contracts import Certificate
+
+if TYPE_CHECKING:
+    from l0tre_core.certify.arrays import ArrayBackend
 
 CHECK_POINTS = 300  # perturbed points around the first input
 CHECK_CHUNK = 64
@@ -171,7 +174,7 @@ class SoundCertifier:
         return Certificate("refuted", Witness.between(ctx.x_units, adv), verdict.detail)
 
 
-def _arrays_for(kernels: Any) -> Any:
+def _arrays_for(kernels: Any) -> "ArrayBackend | None":
     """Where the certifier bounds its boxes: on the GPU when the search's kernels are CuPy's (the
     run chose the GPU), else NumPy (None)."""
     if getattr(kernels, "name", "") != "cupy":

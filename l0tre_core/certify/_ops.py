@@ -125,7 +125,7 @@ def conv(
         sel = [slice(None)] * wt.ndim
         sel[1 + n_sp] = slice(g * cg, (g + 1) * cg)
         part = wt[tuple(sel)]
-        cols = module_of(part).ascontiguousarray(part).reshape(nb * int(np.prod(so)), cg * kprod)
+        cols = dev.xp.ascontiguousarray(part).reshape(nb * int(np.prod(so)), cg * kprod)
         wg = w[g * mg : (g + 1) * mg].reshape(mg, cg * kprod)
         res = cols @ wg.T  # [N*So, mg]
         out[:, g * mg : (g + 1) * mg, :] = res.reshape(nb, -1, mg).transpose(0, 2, 1)

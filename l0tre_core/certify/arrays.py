@@ -211,8 +211,9 @@ class _StrictModule:
         return f
 
 
-_CREATORS = {"zeros", "ones", "empty", "full", "arange", "asarray", "array", "eye", "meshgrid",
-             "zeros_like", "ones_like", "empty_like", "full_like", "concatenate", "stack", "ascontiguousarray"}
+# the functions the certifier calls through ``xp`` to make arrays (the rest dispatch on their
+# operands, so a host operand among them still fails)
+_CREATORS = {"zeros", "ones", "empty", "full", "arange", "asarray", "ascontiguousarray"}
 
 
 class StrictBackend(ArrayBackend):

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from l0tre_core.certify.arrays import backend_of
+
 U = 2.0**-24  # float32 unit roundoff
 SAFETY = 2.0
 # measured against float64 over the float32 range on onnxruntime 1.32's CPU kernels (max abs error
@@ -105,8 +107,6 @@ def node_errors(net: Any, mags: Sequence[np.ndarray | None]) -> list[np.ndarray]
 def output_magnitude(net: Any, mags: Sequence[np.ndarray | None]) -> np.ndarray:
     """``[B]``: a bound on the magnitude of the outputs, ``|W| |v| + |b|``."""
     from l0tre_core.certify.network import apply_mat
-
-    from l0tre_core.certify.arrays import backend_of
 
     nd = net.nodes[net.output]
     z = np.abs(backend_of(mags[nd.parents[0]]).put(nd.bias))[None, :]
