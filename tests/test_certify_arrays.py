@@ -42,31 +42,34 @@ def _mnist(i: int) -> np.ndarray:
 
 
 def _boxes(prob: object, rng: np.random.Generator, sizes: list[int]) -> Boxes:
-    """Whole-range boxes freeing ``sizes`` random pixels each (as the cover's blocks)."""
+    """Whole-range boxes freeing ``sizes`` random pixels each, pixel by pixel (as the cover's blocks)."""
     parts = []
     for k in sizes:
         pix = rng.choice(prob.P, min(k, prob.P), replace=False)  # type: ignore[attr-defined]
-        sc = np.nonzero(np.isin(prob.pixel, pix))[0]  # type: ignore[attr-defined]
+        sc = prob.pixel_scalars[pix].reshape(-1)  # type: ignore[attr-defined]
         lo, hi, x0 = prob.lo[sc], prob.hi[sc], prob.x0[sc]  # type: ignore[attr-defined]
         parts.append(Boxes(sc[None], (lo - x0)[None], (hi - x0)[None], np.zeros(1, np.int64)))
     return Boxes.concat(parts)
 
 
+_MODES = {"inside": {}, "outside": {"inside_ball": False}, "budget": {"budget": 2}}  # (as the cover's blocks)
+
+
 def _both(prob: object, boxes: Boxes, ref: int, arrays: ArrayBackend) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
-    for inside in (True, False):
+    for mode, kw in _MODES.items():
         for be in (NUMPY, arrays):
             prob.arrays = be  # type: ignore[attr-defined]
             try:
-                out[f"{be.name} {inside}"] = box_bounds(prob, boxes, ref, inside_ball=inside)  # type: ignore[arg-type]
+                out[f"{be.name} {mode}"] = box_bounds(prob, boxes, ref, **kw)  # type: ignore[arg-type]
             finally:
                 prob.arrays = NUMPY  # type: ignore[attr-defined]
     return out
 
 
 def _assert_same(out: dict[str, tuple[np.ndarray, np.ndarray]], name: str, rtol: float) -> None:
-    for inside in (True, False):
-        (lb, hint), (lb2, hint2) = out[f"numpy {inside}"], out[f"{name} {inside}"]
+    for mode in _MODES:
+        (lb, hint), (lb2, hint2) = out[f"numpy {mode}"], out[f"{name} {mode}"]
         assert isinstance(lb2, np.ndarray) and type(lb2) is np.ndarray  # on the host
         if rtol == 0:
             np.testing.assert_array_equal(lb2, lb)

@@ -177,7 +177,11 @@ def test_the_cover_with_hopeless_probes_leaves_no_pair_out(seed: int, monkeypatc
     def pairs(pix: np.ndarray) -> set[tuple[int, int]]:
         return set(itertools.combinations(sorted(set(pix.tolist())), 2))
 
-    def fake_bounds(p: object, boxes: Boxes, r: int, inside_ball: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def fake_bounds(p: object, boxes: Boxes, r: int, inside_ball: bool = True,
+                    budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        # a proven block proves the t-subsets of its pixels: it is bounded over all of them (a
+        # smaller budget would prove fewer pixels changed than the level asks)
+        assert budget is None or budget >= 2
         proven = rng.uniform(size=len(boxes)) < 0.5
         for i in np.nonzero(proven)[0]:
             covered.update(pairs(prob.pixel[boxes.S[i][boxes.S[i] >= 0]]))

@@ -192,8 +192,10 @@ def backward(
         c = np.broadcast_to(c, (n_dom,) + c.shape[1:])
         if a_free is None:
             return c.copy(), None
-        val = c + np.minimum(a_free * box.dlo[:, None, :], a_free * box.dhi[:, None, :]).sum(axis=-1)
-        return val, None
+        terms = np.minimum(a_free * box.dlo[:, None, :], a_free * box.dhi[:, None, :])  # [B, R, F]
+        if box.budget is not None:
+            return c + box.budget.least(np.moveaxis(terms, 2, 1)), None
+        return c + terms.sum(axis=-1), None
     assert dom is not None
     a_in = A.get(0)
     if a_in is None:

@@ -86,9 +86,12 @@ class Problem:
             self.pixel_scalars[p, pos[p]] = s
             pos[p] += 1
         self.scalar_mask = self.pixel_scalars >= 0
+        # scalars per pixel where every pixel has the same number (a ``Budget`` needs it)
+        self.pixel_width: int | None = self.pixel_scalars.shape[1] if self.scalar_mask.all() else None
         # float32 rounding per node (None: exact float64 arithmetic, before prepare_float32)
         self.eps: list[np.ndarray | None] | None = None
         self.final_slack = 0.0
+        self.ball_size = 0  # the t of the ball the float32 terms hold over (``prepare_float32``)
         self.exact_arithmetic = False  # set while measuring what the float32 terms cost
         self.light = False  # intermediate bounds by intervals past the first layer (``intermediate_bounds``)
         self.deadline: float | None = None  # ``time.perf_counter()`` past which long passes stop
@@ -112,6 +115,7 @@ class Problem:
 
         self.eps = [None] * len(self.net.nodes)
         self.final_slack = 0.0
+        self.ball_size = t
         ball = Domains.ball(self, t)
         bounds = intermediate_bounds(self, ball, set_eps=True)
         if self.net.final is not None:
@@ -195,6 +199,29 @@ class Domains:
             np.concatenate([p.forced for p in parts]),
             np.concatenate([p.budget for p in parts]),
         )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``pixels`` of a box's pixels differ from ``x0``; the box's free scalars come pixel by
+    pixel, ``width`` to a pixel (``Problem.pixel_width``), and each one's range holds ``x0``.
+    A box with a budget is the L0 ball of size ``pixels`` over its own pixels."""
+
+    pixels: int
+    width: int
+
+    def least(self, terms: np.ndarray) -> np.ndarray:
+        """``terms [B, F, ...]``: each free scalar's least term over its range (padding: 0). The
+        least sum over the box: the ``pixels`` most negative per-pixel sums. An unchanged pixel
+        adds 0, so a scalar's positive term never counts (which also keeps the bound valid for a
+        range without ``x0``)."""
+        terms = np.minimum(terms, 0.0)
+        if self.width > 1:
+            b, f = terms.shape[:2]
+            terms = terms.reshape((b, f // self.width, self.width) + terms.shape[2:]).sum(axis=2)
+        if self.pixels >= terms.shape[1]:
+            return terms.sum(axis=1)
+        return np.partition(terms, self.pixels - 1, axis=1)[:, : self.pixels].sum(axis=1)
 
 
 def pixel_terms(prob: Problem, dom: Domains, a: np.ndarray) -> np.ndarray:
