@@ -145,6 +145,16 @@ def check_resumed(classifier: Classifier, threat: ThreatModel, data: Dataset, st
             del states[i]
 
 
+def failure_notes(failures: list[tuple[int, str]]) -> list[str]:
+    """One note for the inputs where a lower-bound method raised (``Driver.failures``)."""
+    if not failures:
+        return []
+    index, what = failures[0]
+    n = len({i for i, _ in failures})
+    return [f"a lower-bound method failed on {n} input(s) (first: input {index}, {what}); their lower "
+            "bounds are what the other methods proved; please report this with the model"]
+
+
 def evaluate(
     classifier: Classifier,
     data: Dataset,
@@ -259,7 +269,7 @@ def evaluate(
             adv = s.witness.apply(xu).reshape(1, *data.x.shape[1:])
             images[s.index] = data.to_file_layout(adv, classifier.geometry)[0]
     model_info = classifier.describe()
-    model_info["notes"] = model_info["notes"] + notes
+    model_info["notes"] = model_info["notes"] + notes + failure_notes(driver.failures)
     result = RunResult(
         model=model_info,
         threat=threat.to_dict(),

@@ -83,6 +83,9 @@ class Driver:
     # in a worker process: where its steps and phases go (pos, state, phase, working) instead of
     # the listeners; the driver's process builds the updates, with the run's global bounds
     forward: Callable[[int, SampleState, str, int], None] | None = None
+    # (input index, "method: error") where a lower-bound method raised: its level is left as the
+    # other methods left it (a bug in one method must not end the run or lose the others' bounds)
+    failures: list[tuple[int, str]] = field(default_factory=list)
 
     def run(self, x: np.ndarray, labels: np.ndarray | None, index: np.ndarray, states: dict[int, SampleState] | None = None,
             *, executor: Any = None, task: Any = None) -> list[SampleState]:
@@ -228,7 +231,11 @@ class Driver:
                 finished = False  # out of time: a method started now could only overrun the input's limit
                 break
             phase("certify" if method.guarantee == "sound" else "sweep")
-            cert = certifier.certify(ctx, t, self._certify_deadline(method, t, deadline))
+            try:
+                cert = certifier.certify(ctx, t, self._certify_deadline(method, t, deadline))
+            except Exception as exc:  # noqa: BLE001 - reported in the run's notes, never as a bound
+                self.failures.append((state.index, f"{method.name}: {type(exc).__name__}: {exc}"))
+                continue
             if cert.status == "proven":
                 state.raise_lower(t + 1, method.guarantee)
                 proven = method.guarantee == "sound"  # nothing proves more; a discrete proof may yet be made sound

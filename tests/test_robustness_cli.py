@@ -123,3 +123,37 @@ def test_event_hook_receives_every_update() -> None:
     finals = {u.index: u for u in seen if u.finished}
     assert [finals[s.index].upper for s in result.samples] == [s.upper for s in result.samples]
     assert seen[-1].done == 3 and seen[-1].global_lower == result.global_lower
+
+
+def test_a_lower_bound_method_that_raises_is_a_warning_not_a_traceback(tmp_path, monkeypatch) -> None:
+    """A bug in the certifier on one input costs that input its certificate, not the run: the
+    other inputs keep theirs, the run's notes and stderr name the failure in one line."""
+    from l0tre_core import certifier
+
+    real = certifier.SoundCertifier.certify
+    calls: list[int] = []
+
+    def broken(self, ctx, t, deadline):
+        calls.append(t)
+        if len(calls) == 1:
+            raise RuntimeError("boom in the certifier")
+        return real(self, ctx, t, deadline)
+
+    monkeypatch.setattr(certifier.SoundCertifier, "certify", broken)
+    out = tmp_path / "run"
+    args = ["robustness", MODELS / "mlp_b1.onnx", "--data", DEMO_DATA, "--n", "4", "--max-t", "1", "--lower", "sound",
+            "--upper", "none"]
+    r = invoke(args + ["--out", out])
+    assert r.exit_code == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    warned = [line for line in r.stderr.splitlines() if "lower-bound method failed" in line]
+    assert len(warned) == 1 and "failed on 1 input(s)" in warned[0] and "RuntimeError: boom" in warned[0], r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert any("RuntimeError: boom in the certifier" in n for n in results["model"]["notes"])
+    # the same run without the failure: only the failed input's certificate is missing
+    monkeypatch.setattr(certifier.SoundCertifier, "certify", real)
+    r = invoke(args + ["--out", tmp_path / "clean"])
+    clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+    got = [(s["lower"], s["guarantee"]) for s in results["samples"]]
+    want = [(s["lower"], s["guarantee"]) for s in clean["samples"]]
+    assert sum(a != b for a, b in zip(got, want)) == 1 and want.count((2, "sound")) >= 2, (got, want)

@@ -105,7 +105,7 @@ def report(result: RunResult, common: Common, out: Path | None) -> None:
     else:
         print_table(result)
     for note in result.model.get("notes", []):
-        if "sound lower bounds unavailable" in note and not common.quiet:
+        if ("sound lower bounds unavailable" in note or "lower-bound method failed" in note) and not common.quiet:
             console.warn(note)
     if out is not None and not common.quiet:
         console.err.print(f"results written to {escape(str(out))}", soft_wrap=True)
