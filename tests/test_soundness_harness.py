@@ -128,7 +128,7 @@ def cone_paths() -> Iterator[None]:
 def cover_paths() -> Iterator[None]:
     """Force the covering blocks (``certify/cover.py``) at t >= 2, with shares so large that blocks
     free many more pixels than t and are all bounded (none split unbounded): the proofs then rest
-    on blocks outside the ball the float32 terms were prepared for (their own terms)."""
+    on blocks bounded as L0 balls of size t over many pixels (the top-k rule, ``Budget``)."""
     from l0tre_core.certify import search
 
     saved = search.COVER_SWITCH_SHARE, search.COVER_SHARE, search.COVER_HOPELESS
