@@ -4,9 +4,10 @@
   jobs cover every t-subset of pixels, every job's children cover everything it did, and a job only
   claims subsets inside its own block. With these three, a search that proves or splits every job
   has covered every t-subset (whatever the loads, shares and splits).
-- Blocks that free more pixels than the ball the float32 terms were prepared for are bounded
-  with their own terms (``inside_ball=False``): their bounds stay below an exact MILP minimum over
-  the block.
+- Boxes that free more pixels than the ball the float32 terms were prepared for, bounded with
+  their own terms (``inside_ball=False``: a block whose pixels differ in their number of scalars,
+  where the budget cannot be counted), stay below an exact MILP minimum over the box. Blocks with
+  a budget (what the cover bounds) are checked in ``test_certify_budget.py``.
 """
 
 from __future__ import annotations
