@@ -71,7 +71,8 @@ def test_plane_lines_and_their_pieces_cover_every_pair(seed: int) -> None:
     n = int(rng.integers(2, 30))
     load = rng.exponential(0.1, (n, 3)) * (rng.uniform(size=(n, 1)) < 0.8)
     load = load[np.argsort(load.max(axis=1))]
-    lines = plane(load, float(rng.uniform(0.05, 2.0)), int(rng.integers(1, 9)))
+    least = int(rng.choice([2, 2, n, 2 * n]))  # a larger order than the groups need: sparse lines
+    lines = plane(load, float(rng.uniform(0.05, 2.0)), int(rng.integers(1, 9)), least)
     every = {frozenset(c) for c in itertools.combinations(range(n), 2)}
     assert set().union(*[_claims(line) for line in lines]) == every
     for line in lines:
@@ -171,6 +172,7 @@ def test_the_cover_with_hopeless_probes_leaves_no_pair_out(seed: int, monkeypatc
     prob.prepare_float32(2)
     monkeypatch.setattr(search, "COVER_HOPELESS", 0.01)
     monkeypatch.setattr(search, "COVER_HOPELESS_DOUBLINGS", 10)
+    monkeypatch.setattr(cover, "PLANE_SPREAD", 0)  # the least plane, unprobed (probed below)
     rng = np.random.default_rng(seed)
     covered: set[tuple[int, int]] = set()
     probed: list[dict[int, bool]] = []
@@ -212,3 +214,42 @@ def test_the_cover_with_hopeless_probes_leaves_no_pair_out(seed: int, monkeypatc
     assert s._run_cover() is None
     assert probed and any(v for v in probed[0].values()) and not all(probed[0].values())
     assert covered == set(itertools.combinations(range(case.n_pixels), 2))
+
+
+@pytest.mark.parametrize("proven_up_to", [4, 0, 99])
+def test_the_plane_grows_while_its_lines_fail(proven_up_to: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pixels too heavy to group: the least plane's lines hold one pixel per column. While its
+    probed lines fail (faked: a block is proven iff it frees at most ``proven_up_to`` pixels), the
+    order grows (``_Cover._plane``), up to ``PLANE_SPREAD`` points per pixel; the lines of
+    whatever order it stops at still cover every pair of pixels."""
+    from test_certify_soundness import _input_set
+
+    from l0tre_core.certify import cover
+    from l0tre_core.certify.search import _Search, _Timer
+
+    case = build_cnn(90, hw=(6, 6), conv=(3, 2, 1, 0), dense=6)
+    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
+    x0 = np.random.default_rng(0).uniform(0, 1, case.d)
+    ref = int(np.argmax(net.forward(x0[None])[0]))
+    prob = problem_for(net, _input_set(case, x0))
+    prob.prepare_float32(2)
+
+    def fake_bounds(p: object, boxes: Boxes, r: int, inside_ball: bool = True,
+                    budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        assert budget == 2
+        ok = (boxes.S >= 0).sum(axis=1) <= proven_up_to
+        return np.where(ok, 1.0, -1.0)[:, None] * np.ones((len(boxes), net.n_outputs - 1)), np.zeros(0)
+
+    monkeypatch.setattr(cover, "box_bounds", fake_bounds)
+    s = _Search(prob, ref, 2, _Timer(60.0))
+    P = case.n_pixels
+    lines = s._plane(np.full((P, net.n_outputs - 1), 10.0), np.arange(P))
+    crossing = [block_size(line) for line in lines if not line.owns]
+    if proven_up_to >= P:
+        assert max(crossing) == 6  # the least plane (order 7: one pixel in each of 6 columns)
+    elif proven_up_to == 0:
+        assert len(lines) >= 13 * 13  # grown to the cap: 13^2 >= 4 points per pixel
+    else:
+        assert max(crossing) <= proven_up_to
+    every = {frozenset(c) for c in itertools.combinations(range(P), 2)}
+    assert set().union(*[_claims(line) for line in lines]) == every

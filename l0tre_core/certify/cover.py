@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 # heuristic input (grouping only), so a stale entry costs speed, never soundness
 _T1_BOUNDS: dict[tuple[int, int, int], np.ndarray] = {}
 _T1_KEEP = 8
+# t = 2: the plane's order grows while its lines fail (``_Cover._plane``), up to this many points
+# per pixel
+PLANE_SPREAD = 4
 
 Group = tuple[int, int]  # a range [a, b) of the pixels sorted by sensitivity
 Task = tuple[Group, ...]  # t groups, sorted; equal groups repeat
@@ -144,17 +147,25 @@ def _primes_from(q: int):  # type: ignore[no-untyped-def]
         q += 1
 
 
-def plane(load: np.ndarray, share: float, max_size: int) -> list[Line]:
+def plane_order(load: np.ndarray, share: float, max_size: int, least: int = 2) -> tuple[int, list[Group]]:
+    """The order q of ``plane`` and its groups."""
+    for q in _primes_from(least):
+        parts = groups(load, share / q, max_size)
+        if len(parts) <= q * q:
+            return q, parts
+    raise AssertionError("unreachable")
+
+
+def plane(load: np.ndarray, share: float, max_size: int, least: int = 2) -> list[Line]:
     """t = 2: the groups as the points of the affine plane AG(2, q), q prime, and its q^2 + q
     lines as blocks. Every pair of points lies on exactly one line, and each point on q + 1 lines,
     where pairs of groups put each point in one block per other group: for blocks of the same
-    load, about half the scalars to bound. q is the least prime whose plane holds the groups cut at
-    ``share / q`` (so a line's q groups stay within ``share``); the vertical lines own the pairs
-    inside their groups."""
-    for q in _primes_from(2):
-        parts = groups(load, share / q, max_size)
-        if len(parts) <= q * q:
-            break
+    load, about half the scalars to bound. q is the least prime from ``least`` whose plane holds
+    the groups cut at ``share / q`` (so a line's q groups stay within ``share``); the vertical
+    lines own the pairs inside their groups. Points are filled column by column (``i // q``), so
+    with more points than groups a line holds one group of each filled column: a larger ``q``
+    makes smaller lines, and more of them."""
+    q, parts = plane_order(load, share, max_size, least)
     point = {i: g for i, g in enumerate(parts)}
     lines: list[Line] = []
     for a in range(q):
@@ -307,6 +318,28 @@ class _Cover:
             scale = level
         return scale
 
+    def _plane(self, load: np.ndarray, order: np.ndarray) -> list[Job]:
+        """The plane's lines (t = 2), of the least order whose lines are mostly proven. Where
+        pixels are too heavy to group (each alone), the least plane's lines hold sqrt(P) pixels
+        whatever their load, and on the max-pool CNNs most fail and are split in three. So a few
+        random lines are bounded first (``COVER_PROBE_BLOCKS``); while fewer than
+        ``COVER_PROBE_PROVEN`` of them are proven, the order grows by a quarter (smaller lines,
+        more of them), up to ``PLANE_SPREAD`` points per pixel."""
+        rng = np.random.default_rng(2)
+        q = 2
+        while True:
+            q, _ = plane_order(load, knobs.COVER_SHARE, knobs.COVER_MAX_GROUP, q)
+            lines = plane(load, knobs.COVER_SHARE, knobs.COVER_MAX_GROUP, q)
+            crossing = [line for line in lines if not line.owns and len(line.parts) > 2]
+            if q * q >= PLANE_SPREAD * load.shape[0] or not crossing or self.timer.out():  # type: ignore[attr-defined]
+                return list(lines)
+            pick = rng.choice(len(crossing), min(len(crossing), knobs.COVER_PROBE_BLOCKS), replace=False)
+            lb, _ = box_bounds(self.prob, self._block_boxes([crossing[i] for i in pick], order), self.ref, budget=self.t)
+            self.n_blocks += len(pick)
+            if np.mean(lb.min(axis=1) > 0) >= knobs.COVER_PROBE_PROVEN:
+                return list(lines)
+            q = max(q + 1, int(q * 1.25))
+
     def _hopeless_level(self, top: list[Job], pred: list[float], order: np.ndarray) -> tuple[float, dict[int, bool]]:
         """The predicted load above which a task is split without being bounded, on this input,
         and the tasks of ``top`` bounded to find it (index: proven). It starts at
@@ -354,7 +387,7 @@ class _Cover:
             return float(sum(cum[b] - cum[a] for (a, b) in members(job)).max())
 
         if self.t == 2:
-            top: list[Job] = list(plane(load[order], knobs.COVER_SHARE, knobs.COVER_MAX_GROUP))
+            top: list[Job] = self._plane(load[order], order)
         else:
             top = list(initial_tasks(groups(load[order], knobs.COVER_SHARE / self.t, knobs.COVER_MAX_GROUP), self.t))
         self.n_tasks = len(top)
