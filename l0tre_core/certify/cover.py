@@ -11,7 +11,8 @@ of its pixels (C(k, t) boxes for the price of one, about k times dearer).
 - Pixels sorted by load are cut into consecutive groups (``groups``): light pixels in large
   groups, heavy ones alone. At t = 2 the groups are the points of the affine plane AG(2, q) and
   its lines the blocks (``plane``: every pair of groups on exactly one line, each group on q + 1
-  lines; q grows while a few probed lines fail, ``_Cover._plane``); at t >= 3 every multiset of t groups is a *task* (the t-subsets with one pixel in each).
+  lines; q grows while a few probed lines fail, ``_Cover._plane``); at t >= 3 every multiset of
+  t groups is a *task* (the t-subsets with one pixel in each).
 - A block that fails, or is predicted hopeless, is split (``kids``) down to blocks of t pixels,
   which are ordinary boxes, bisected and attacked by ``_Search._process_boxes``.
 
