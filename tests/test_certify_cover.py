@@ -27,6 +27,16 @@ from test_certify_support import build_cnn, milp_min_margin
 TOL = 1e-6
 
 
+def _problem(case: object, x0: np.ndarray, t: int) -> tuple[Network, int, object]:
+    """The case's network, x0's class, and the problem with float32 terms prepared for ``t``."""
+    from test_certify_soundness import _input_set
+
+    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)  # type: ignore[attr-defined]
+    prob = problem_for(net, _input_set(case, x0))
+    prob.prepare_float32(t)
+    return net, int(np.argmax(net.forward(x0[None])[0])), prob
+
+
 def _claims(job: object) -> set[frozenset[int]]:
     """The t-subsets (of positions in the sorted order) a job is responsible for, written from the
     definitions, not from the code under test."""
@@ -106,15 +116,10 @@ def test_groups_respect_the_share_and_the_size() -> None:
 def test_block_bounds_outside_the_ball_stay_below_the_milp_minimum(seed: int) -> None:
     """Blocks of 3 to all pixels, on a CNN with max-pooling and a final Softmax, the float32 terms
     prepared for t = 2: each block's margin bounds are at most the exact minimum over the block."""
-    from test_certify_soundness import _input_set
-
     case = build_cnn(60 + seed, hw=(3, 3), conv=(3, 2, 1, 0), pool="max", softmax=True, dense=6)
-    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(0, 1, case.d)
-    ref = int(np.argmax(net.forward(x0[None])[0]))
-    prob = problem_for(net, _input_set(case, x0))
-    prob.prepare_float32(2)
+    net, ref, prob = _problem(case, x0, 2)
     P = case.n_pixels
     blocks = [rng.choice(P, k, replace=False) for k in (3, P // 2, P)]
     for pix in blocks:
@@ -132,17 +137,12 @@ def test_block_bounds_outside_the_ball_stay_below_the_milp_minimum(seed: int) ->
 
 def test_t1_keeps_each_pixel_boxs_bounds_for_the_next_level() -> None:
     """What certify at t = 1 leaves for t = 2's grouping equals the pixel boxes' bounds."""
-    from test_certify_soundness import _input_set
-
     from l0tre_core.certify import cover
     from l0tre_core.certify.search import _Search, _Timer
 
     case = build_cnn(70, hw=(3, 3), conv=(3, 2, 1, 0), dense=6)
-    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
     x0 = np.random.default_rng(0).uniform(0, 1, case.d)
-    ref = int(np.argmax(net.forward(x0[None])[0]))
-    prob = problem_for(net, _input_set(case, x0))
-    prob.prepare_float32(1)
+    net, ref, prob = _problem(case, x0, 1)
     cover._T1_BOUNDS.clear()
     search = _Search(prob, ref, 1, _Timer(30.0))
     assert search._run_t1().status == "proven"  # (so every pixel box was bounded)
@@ -159,17 +159,12 @@ def test_the_cover_with_hopeless_probes_leaves_no_pair_out(seed: int, monkeypatc
     box handed to the box search. Every task starts out hopeless, so the probes that raise the
     level (``_Cover._hopeless_level``) prove some tasks and fail others (bounds faked at random):
     a proven probe's task is done, a failed one's kids go on."""
-    from test_certify_soundness import _input_set
-
     from l0tre_core.certify import cover, search
     from l0tre_core.certify.search import _Search, _Timer
 
     case = build_cnn(80 + seed, hw=(4, 4), conv=(3, 2, 1, 0), dense=6)
-    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
     x0 = np.random.default_rng(seed).uniform(0, 1, case.d)
-    ref = int(np.argmax(net.forward(x0[None])[0]))
-    prob = problem_for(net, _input_set(case, x0))
-    prob.prepare_float32(2)
+    net, ref, prob = _problem(case, x0, 2)
     monkeypatch.setattr(search, "COVER_HOPELESS", 0.01)
     monkeypatch.setattr(search, "COVER_HOPELESS_DOUBLINGS", 10)
     monkeypatch.setattr(cover, "PLANE_SPREAD", 0)  # the least plane, unprobed (probed below)
@@ -222,17 +217,12 @@ def test_the_plane_grows_while_its_lines_fail(proven_up_to: int, monkeypatch: py
     probed lines fail (faked: a block is proven iff it frees at most ``proven_up_to`` pixels), the
     order grows (``_Cover._plane``), up to ``PLANE_SPREAD`` points per pixel; the lines of
     whatever order it stops at still cover every pair of pixels."""
-    from test_certify_soundness import _input_set
-
     from l0tre_core.certify import cover
     from l0tre_core.certify.search import _Search, _Timer
 
     case = build_cnn(90, hw=(6, 6), conv=(3, 2, 1, 0), dense=6)
-    net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
     x0 = np.random.default_rng(0).uniform(0, 1, case.d)
-    ref = int(np.argmax(net.forward(x0[None])[0]))
-    prob = problem_for(net, _input_set(case, x0))
-    prob.prepare_float32(2)
+    net, ref, prob = _problem(case, x0, 2)
 
     def fake_bounds(p: object, boxes: Boxes, r: int, inside_ball: bool = True,
                     budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:

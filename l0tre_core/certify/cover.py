@@ -166,7 +166,11 @@ def plane(load: np.ndarray, share: float, max_size: int, least: int = 2) -> list
     lines own the pairs inside their groups. Points are filled column by column (``i // q``), so
     with more points than groups a line holds one group of each filled column: a larger ``q``
     makes smaller lines, and more of them."""
-    q, parts = plane_order(load, share, max_size, least)
+    return plane_lines(*plane_order(load, share, max_size, least))
+
+
+def plane_lines(q: int, parts: list[Group]) -> list[Line]:
+    """The lines of ``plane`` for its order ``q`` and groups ``parts``."""
     point = {i: g for i, g in enumerate(parts)}
     lines: list[Line] = []
     for a in range(q):
@@ -312,12 +316,16 @@ class _Cover:
                 jobs.append(tuple((int(i), int(i) + 1) for i in pos))  # a task of single pixels: its block
             if len(jobs) < knobs.COVER_PROBE_BLOCKS or self.timer.out():  # type: ignore[attr-defined]
                 return scale if jobs or not self.timer.out() else None  # type: ignore[attr-defined]
-            lb, _ = box_bounds(prob, self._block_boxes(jobs, order), self.ref, budget=self.t)
-            self.n_blocks += len(jobs)
-            if np.mean(lb.min(axis=1) > 0) < knobs.COVER_PROBE_PROVEN:
+            if self._proven(jobs, order).mean() < knobs.COVER_PROBE_PROVEN:
                 break
             scale = level
         return scale
+
+    def _proven(self, jobs: list[Job], order: np.ndarray) -> np.ndarray:
+        """Bound the blocks of ``jobs`` (a probe); which are proven."""
+        lb, _ = box_bounds(self.prob, self._block_boxes(jobs, order), self.ref, budget=self.t)
+        self.n_blocks += len(jobs)
+        return lb.min(axis=1) > 0
 
     def _plane(self, load: np.ndarray, order: np.ndarray) -> list[Job]:
         """The plane's lines (t = 2), of the least order whose lines are mostly proven. Where
@@ -329,15 +337,13 @@ class _Cover:
         rng = np.random.default_rng(2)
         q = 2
         while True:
-            q, _ = plane_order(load, knobs.COVER_SHARE, knobs.COVER_MAX_GROUP, q)
-            lines = plane(load, knobs.COVER_SHARE, knobs.COVER_MAX_GROUP, q)
+            q, parts = plane_order(load, knobs.COVER_SHARE, knobs.COVER_MAX_GROUP, q)
+            lines = plane_lines(q, parts)
             crossing = [line for line in lines if not line.owns and len(line.parts) > 2]
             if q * q >= PLANE_SPREAD * load.shape[0] or not crossing or self.timer.out():  # type: ignore[attr-defined]
                 return list(lines)
             pick = rng.choice(len(crossing), min(len(crossing), knobs.COVER_PROBE_BLOCKS), replace=False)
-            lb, _ = box_bounds(self.prob, self._block_boxes([crossing[i] for i in pick], order), self.ref, budget=self.t)
-            self.n_blocks += len(pick)
-            if np.mean(lb.min(axis=1) > 0) >= knobs.COVER_PROBE_PROVEN:
+            if self._proven([crossing[i] for i in pick], order).mean() >= knobs.COVER_PROBE_PROVEN:
                 return list(lines)
             q = max(q + 1, int(q * 1.25))
 
@@ -360,9 +366,7 @@ class _Cover:
                 level *= 2
                 continue
             pick = rng.choice(band, min(band.size, knobs.COVER_PROBE_BLOCKS), replace=False)
-            lb, _ = box_bounds(self.prob, self._block_boxes([top[i] for i in pick], order), self.ref, budget=self.t)
-            self.n_blocks += len(pick)
-            ok = lb.min(axis=1) > 0
+            ok = self._proven([top[i] for i in pick], order)
             probed.update({int(i): bool(v) for i, v in zip(pick, ok)})
             if ok.mean() < knobs.COVER_PROBE_PROVEN:
                 break
