@@ -117,8 +117,11 @@ class Driver:
                 return None
             return state, left
 
-        def receive(pos: int, event: tuple[str, int, SampleState]) -> None:
-            phase, working, state = event  # a step or phase of an input searched elsewhere
+        def receive(pos: int, event: tuple[str, int, SampleState, list[tuple[int, str]]]) -> None:
+            phase, working, state, failed = event  # a step or phase of an input searched elsewhere
+            self.failures.extend(failed)
+            if phase == "failures":  # (nothing new to report but them)
+                return
             ordered[pos] = state
             if phase == "level":
                 saved[pos] = state

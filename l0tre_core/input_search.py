@@ -4,7 +4,8 @@
 the lower- and upper-bound methods by name, the seed, the run's inputs and their classes); its
 ``open`` builds one ``Driver`` per worker, with its own session and certifier. Each input's item is
 its ``SampleState`` (fresh, or as far as a checkpoint or a dead worker's streamed steps got) and the
-seconds left of the run's time limit; each event is (phase, level worked on, a copy of the state).
+seconds left of the run's time limit; each event is (phase, level worked on, a copy of the state,
+the lower-bound methods that failed since the last event: ``Driver.failures``' entries).
 """
 
 from __future__ import annotations
@@ -63,10 +64,17 @@ class SearchWorker:
     def run(self, key: int, item: tuple[SampleState, float | None], emit: Callable[[Any], None]) -> SampleState:
         state, left = item
         deadline = None if left is None else time.monotonic() + left  # this machine's clock
+        failures = self.driver.failures
+        sent = len(failures)
 
         def forward(pos: int, state: SampleState, phase: str, working: int) -> None:
-            emit((phase, working, copy.deepcopy(state)))  # as it is now: the search goes on changing it
+            nonlocal sent
+            # as it is now (the search goes on changing it), with the methods that failed since
+            emit((phase, working, copy.deepcopy(state), failures[sent:]))
+            sent = len(failures)
 
         self.driver.forward = forward
         self.driver._search(key, self.x[key], state, deadline)
+        if len(failures) > sent:  # after the input's last step (e.g. out of time): no step carries them
+            emit(("failures", state.level, copy.deepcopy(state), failures[sent:]))
         return state

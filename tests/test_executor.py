@@ -65,3 +65,42 @@ def test_an_unreachable_cluster_is_an_environment_error_at_once() -> None:
     res = invoke(["robustness", "--n", "1", "--executor", "ray", "--ray-address", "127.0.0.1:1", "-q"])
     assert res.exit_code == 4, res.output
     assert "no Ray cluster answers at 127.0.0.1:1" in res.output
+
+
+class _Elsewhere:
+    """An executor that runs each input in a worker opened from the task, as Ray's actors do (in
+    this process, so that a test can patch the certifier the worker calls)."""
+
+    name = "elsewhere"
+
+    def map(self, task: Any, keys: Any, item: Any, receive: Any, local: Any = None) -> Any:
+        worker = task.open(1)
+        for key in keys:
+            it = item(key)
+            if it is not None:
+                yield key, worker.run(key, it, lambda event, key=key: receive(key, event))
+
+
+def test_a_lower_bound_method_failing_in_a_worker_reaches_the_run_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lower-bound method that raises inside a worker (``Driver.failures`` there) is carried back
+    to the head with the input's events, into the run's notes, as in a local run."""
+    from helpers import DEMO_DATA
+    from l0tre_core import certifier, evaluate, load_data, load_model
+    from l0tre_core.driver import Budget
+
+    real = certifier.SoundCertifier.certify
+    calls: list[int] = []
+
+    def broken(self: Any, ctx: Any, t: int, deadline: Any) -> Any:
+        calls.append(t)
+        if len(calls) == 2:
+            raise RuntimeError("boom in a worker")
+        return real(self, ctx, t, deadline)
+
+    monkeypatch.setattr(certifier.SoundCertifier, "certify", broken)
+    model = load_model()
+    data = load_data(DEMO_DATA, model.geometry, model.card.range, n=3)
+    result = evaluate(model, data, budget=Budget(max_t=1), lower="sound", executor=_Elsewhere())
+    assert len(calls) == 3
+    assert [n for n in result.model["notes"] if "boom in a worker" in n], result.model["notes"]
+    assert sum(s.lower_sound >= 2 for s in result.samples) == 2  # the other inputs keep their certificates
