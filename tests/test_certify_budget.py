@@ -6,6 +6,9 @@
   Softmax, three channels (NCHW and NHWC), normalisation and average pooling, in float32 and
   float64; and they are tighter, taken together, than the bounds of the box that frees every
   pixel at once.
+- With structured convolutions (cones, and rows anchored at the cut's clean values, each
+  relaxation gap charged to the pixels that reach it: ``boxes._anchor``), the same MILP bound holds,
+  and the anchoring runs.
 - A box that frees part of a pixel, or a pixel twice, is refused: the rule would miscount it.
 """
 
@@ -16,7 +19,7 @@ import itertools
 import numpy as np
 import pytest
 
-from l0tre_core.certify import Network
+from l0tre_core.certify import Network, boxes, network
 from l0tre_core.certify.boxes import Boxes, box_bounds
 from l0tre_core.certify.problem import Budget
 from l0tre_core.certify.search import problem_for
@@ -66,18 +69,28 @@ def _block(prob: object, pix: np.ndarray) -> Boxes:
     return Boxes(sc[None], (lo - x0)[None], (hi - x0)[None], np.zeros(1, np.int64))
 
 
+@pytest.mark.parametrize("structured", [False, True], ids=["dense", "cones"])
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("name,make", _CASES, ids=[c[0] for c in _CASES])
-def test_budget_blocks_stay_below_the_milp_minimum(name: str, make: object, exact: bool) -> None:
+def test_budget_blocks_stay_below_the_milp_minimum(name: str, make: object, exact: bool, structured: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Each block's margin bounds with budget b are at most the exact minimum over the block's
     points that change at most b of its pixels (float32 terms prepared for t = 2, or none); and
     over all blocks the budget's bounds are above the whole box's (not on every margin: the
     relaxations' slopes follow the intermediate bounds, and a tighter interval can choose a
-    slope that ends lower)."""
+    slope that ends lower). ``cones``: convolutions kept structured, so that blocks run over
+    their cones and their rows are anchored at the cut."""
+    anchored = []
+    real_anchor = boxes._anchor
+    monkeypatch.setattr(boxes, "_anchor", lambda *a: anchored.append(real_anchor(*a)) or anchored[-1])
+    if structured:
+        monkeypatch.setattr(network, "DENSE_CONV_MAX", -1)
     gained = 0.0
+    cut = False
     for seed in range(2):
         case = make(300 + seed)  # type: ignore[operator]
         net = Network.from_onnx(case.model, case.input_name, case.output_name, case.sample_shape)
+        cut |= net.cut is not None
         rng = np.random.default_rng(seed)
         x0 = rng.uniform(0, 1, case.d)
         ref = int(np.argmax(net.forward(x0[None])[0]))
@@ -101,6 +114,7 @@ def test_budget_blocks_stay_below_the_milp_minimum(name: str, make: object, exac
                 truth, _ = milp_min_margin(net, case, x0, ref, k, budget, excluded=excluded)
                 assert lb[0, col] <= truth + TOL, (name, seed, pix, budget, k, lb[0, col], truth)
     assert gained > 0.0  # the budget bites: it is not the whole box's bound
+    assert any(rows is not None for rows in anchored) == (structured and cut)  # (a dense head after a cut)
 
 
 def test_a_budget_needs_whole_pixels_each_once() -> None:

@@ -161,7 +161,7 @@ def backward(
                         cols = np.take_along_axis(np.broadcast_to(a, (n_dom,) + a.shape[1:]), box.S[:, None, :], axis=2)
                     else:
                         ws = nd.input_cols(nd.parents.index(p), box.S)  # [B, F, Dj]
-                        cols = np.einsum("brd,bfd->brf", np.broadcast_to(a, (n_dom,) + a.shape[1:]), ws)
+                        cols = np.matmul(a, np.swapaxes(ws, 1, 2))  # [B, R, F] (a broadcasts over B)
                     a_free = cols if a_free is None else a_free + cols
                     continue
                 contrib = back_mat(a, w)
