@@ -93,6 +93,10 @@ def test_budget_blocks_stay_below_the_milp_minimum(name: str, make: object, exac
         cut |= net.cut is not None
         rng = np.random.default_rng(seed)
         x0 = rng.uniform(0, 1, case.d)
+        if seed:  # near a decision boundary: the least clean margin of 32 draws
+            xs = rng.uniform(0, 1, (32, case.d))
+            z = np.sort(net.forward(xs), axis=1)
+            x0 = xs[int(np.argmin(z[:, -1] - z[:, -2]))]
         ref = int(np.argmax(net.forward(x0[None])[0]))
         prob = problem_for(net, _input_set(case, x0))
         if exact:
