@@ -1,0 +1,114 @@
+"""What a covering block's shape does to its bound: random pixels, pixels spread apart, square
+patches (budget t = 2, the zoo's MNIST CNNs, float32 terms for t = 2).
+
+    python benchmarks/certify_block_shape.py --model mnist_maxpool_pgd --images 0 3 --pixels 24 32 40
+    python benchmarks/certify_block_shape.py --model mnist_maxpool_pgd --images 0 --layers 48 [--anchor off]
+
+Per image and size: the share of blocks proven and the median least margin bound (in the
+network's units) for random blocks, blocks whose pixels are at least ``--apart`` apart
+(Chebyshev; 3 from 40 pixels on, where 4 no longer fits), and the 25 square patches of the
+nearest side. ``--layers K``: one random block of K pixels in float64, each node's interval
+width summed against the range sampled over all its pairs of pixels (3 x 3 values each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from l0tre_core.certify import InputSet, Network, boxes
+from l0tre_core.certify.boxes import Boxes, box_bounds
+from l0tre_core.certify.problem import Budget
+from l0tre_core.certify.search import problem_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spread(rng: np.random.Generator, k: int, apart: int) -> np.ndarray:
+    """k pixels of 28 x 28, each at least ``apart`` from the others (greedy over a permutation)."""
+    while True:
+        chosen: list[tuple[int, int]] = []
+        for p in rng.permutation(784):
+            r, c = divmod(int(p), 28)
+            if all(max(abs(r - r2), abs(c - c2)) >= apart for r2, c2 in chosen):
+                chosen.append((r, c))
+                if len(chosen) == k:
+                    return np.array([r * 28 + c for r, c in chosen])
+
+
+def patches(side: int) -> np.ndarray:
+    starts = range(0, 28 - side + 1, max(1, (28 - side) // 4))
+    return np.stack([np.array([(r + a) * 28 + c + b for a in range(side) for b in range(side)])
+                     for r in starts for c in starts])
+
+
+def least(prob, x0: np.ndarray, ref: int, S: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    lb, _ = box_bounds(prob, Boxes(S, -x0[S], 1 - x0[S], np.zeros(len(S), np.int64)), ref, budget=2)
+    return lb.min(axis=1)
+
+
+def layers(net: Network, prob, x0: np.ndarray, ref: int, S: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    prob.exact_arithmetic = True
+    print("least margin bound", float(least(prob, x0, ref, S[None])[0]))
+    bounds, *_ = boxes._forward(prob, S[None], -x0[S][None], (1 - x0[S])[None], boxes._clean(prob), budget=Budget(2, 1))
+    pts = []
+    for a, b in itertools.combinations(range(S.size), 2):
+        for va, vb in itertools.product((0.0, 0.5, 1.0), repeat=2):
+            x = x0.copy()
+            x[S[a]], x[S[b]] = va, vb
+            pts.append(x)
+    values = net.node_values(np.array(pts))
+    z = values[net.output]
+    print("sampled least margin", float((z[:, [ref]] - np.delete(z, ref, 1)).min()))
+    for j, nd in enumerate(net.nodes):
+        if j and bounds[j] is not None:
+            width = float((bounds[j][1][0] - bounds[j][0][0]).sum())
+            seen = float((values[j].max(0) - values[j].min(0)).sum())
+            print(f"node {j} {nd.kind} {nd.size}: width {width:.3g}, sampled {seen:.3g}, ratio {width / max(seen, 1e-12):.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="mnist_maxpool_pgd", help="a model of benchmarks/zoo")
+    ap.add_argument("--images", type=int, nargs="+", default=[0, 3], help="correctly classified held-out images")
+    ap.add_argument("--pixels", type=int, nargs="+", default=[24, 32, 40], help="block sizes")
+    ap.add_argument("--blocks", type=int, default=16, help="blocks per image, size and shape")
+    ap.add_argument("--apart", type=int, default=4, help="least distance of a spread block's pixels")
+    ap.add_argument("--layers", type=int, default=0, help="per-node widths of one random block of this size")
+    ap.add_argument("--anchor", choices=("on", "off"), default="on", help="budget blocks anchored at the cut")
+    args = ap.parse_args()
+    boxes.ANCHOR = args.anchor == "on"
+    model = onnx.load(str(ROOT / "benchmarks" / "zoo" / f"{args.model}.onnx"))
+    net = Network.from_onnx(model, model.graph.input[0].name, model.graph.output[0].name, (1, 28, 28))
+    held = np.load(ROOT / "l0tre_core" / "demo" / "mnist_heldout_500.npz")
+    x_all = held["x"].reshape(len(held["x"]), -1).astype(np.float64) / 255
+    keep = np.flatnonzero(net.forward(x_all).argmax(1) == held["y"])
+    rng = np.random.default_rng(0)
+    if not args.layers:
+        print("| held-out image | pixels | random | spread | square patches |")
+        print("|---|---|---|---|---|")
+    for i in args.images:
+        x0 = x_all[keep[i]]
+        ref = int(held["y"][keep[i]])
+        prob = problem_for(net, InputSet(x0=x0, lo=np.zeros(784), hi=np.ones(784), pixel=np.arange(784), n_pixels=784))
+        prob.prepare_float32(2)
+        if args.layers:
+            layers(net, prob, x0, ref, rng.choice(784, args.layers, replace=False))
+            continue
+        for k in args.pixels:
+            apart = args.apart if k < 40 else args.apart - 1
+            side = int(round(k ** 0.5))
+            cells = []
+            for S in (np.stack([rng.choice(784, k, replace=False) for _ in range(args.blocks)]),
+                      np.stack([spread(rng, k, apart) for _ in range(args.blocks)]), patches(side)):
+                lb = least(prob, x0, ref, S)
+                cells.append(f"{np.mean(lb > 0):.2f}, {np.median(lb):.2f}")
+            print(f"| {i} | {k} | {cells[0]} | {cells[1]} (>= {apart} apart) | {cells[2]} ({side}x{side}) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
