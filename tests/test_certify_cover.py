@@ -243,3 +243,41 @@ def test_the_plane_grows_while_its_lines_fail(proven_up_to: int, monkeypatch: py
         assert max(crossing) <= proven_up_to
     every = {frozenset(c) for c in itertools.combinations(range(P), 2)}
     assert set().union(*[_claims(line) for line in lines]) == every
+
+
+def test_threads_change_the_time_not_the_cover(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of blocks bounded in two threads at once (``COVER_THREADS``) give what one thread
+    gives: the same verdict and the same blocks (a batch may be cut before the one ahead of it has
+    pushed its kids, so batches differ), with two batches really in flight at once."""
+    import threading
+
+    from l0tre_core.certify import certify, cover, search
+    from test_certify_cones import _problem as zoo_problem
+
+    net, inputs, ref = zoo_problem("mnist_convsmall", 0)
+    real = cover.box_bounds
+    runs: dict[int, dict[str, object]] = {}
+    for threads in (1, 2):
+        seen: list[bytes] = []
+        busy, most = [0], [0]
+        lock = threading.Lock()
+
+        def spy(prob: object, boxes: Boxes, ref: int, **kw: object) -> object:
+            with lock:
+                seen.extend(row[row >= 0].tobytes() for row in boxes.S)
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            try:
+                return real(prob, boxes, ref, **kw)
+            finally:
+                with lock:
+                    busy[0] -= 1
+
+        monkeypatch.setattr(search, "COVER_THREADS", threads)
+        monkeypatch.setattr(cover, "box_bounds", spy)
+        certify(net, inputs, ref, 1)
+        v = certify(net, inputs, ref, 2)
+        runs[threads] = {"status": v.status, "detail": v.detail, "blocks": sorted(seen), "most": most[0]}
+    assert runs[1]["status"] == runs[2]["status"] == "proven"
+    assert runs[1]["detail"] == runs[2]["detail"] and runs[1]["blocks"] == runs[2]["blocks"]
+    assert runs[1]["most"] == 1 and runs[2]["most"] == 2

@@ -65,6 +65,7 @@ COVER_MAX_GROUP = 128  # pixels per group at most
 COVER_PROBE_LEVELS = (2.0, 4.0, 8.0)  # predicted loads (in COVER_SHARE) probed by ``_Cover._calibrate``
 COVER_PROBE_BLOCKS = 4  # ... with this many random blocks each
 COVER_PROBE_PROVEN = 0.75  # ... of which this share must be proven for the level to count
+COVER_THREADS = 2  # batches of blocks bounded at once on the host (``cover._Cover._run_cover``), one BLAS thread each
 LIGHT_WIDTH = 4_000  # networks with more neurons than this: light ball bounds (``Problem.light``)
 
 

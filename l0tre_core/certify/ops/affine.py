@@ -28,6 +28,7 @@ What a reviewer must check for soundness:
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 _CHUNK_ELEMS = 4_000_000
 PAIR_BLOCK_MAX = 400_000  # entries of one dense block of ``ConvOp.apply_pair``
 BACK_DENSE_MAX = 4_000_000  # entries of a convolution's dense matrix kept for ``ConvOp.back``
+_PAIR_LOCK = threading.Lock()
 PAIR_CACHE_MAX = 2_000_000  # entries of the blocks one convolution keeps (twice: W and |W|; the zoo CNNs use 1.3-1.4 million)
 
 
@@ -278,11 +280,12 @@ class ConvOp(StructuredMap):
         vals = self.w[m[None, :], (ch % cg)[:, None], np.clip(ky, 0, kh - 1), np.clip(kx, 0, kw - 1)]
         wt = np.where(ok, vals, 0.0)  # [in, out]
         block = ((ch * h + iy) * w_in + ix, (m * ho + oy) * wo + ox, wt, np.abs(wt))
-        kept = self.__dict__.get("_pair_kept", 0) + wt.size
-        while cache and kept > PAIR_CACHE_MAX:  # the oldest first
-            kept -= cache.pop(next(iter(cache)))[2].size
-        cache[key] = block
-        self._pair_kept = kept
+        with _PAIR_LOCK:  # (the cover bounds batches of blocks in threads)
+            kept = self.__dict__.get("_pair_kept", 0) + wt.size
+            while cache and kept > PAIR_CACHE_MAX:  # the oldest first
+                kept -= cache.pop(next(iter(cache)))[2].size
+            cache[key] = block
+            self._pair_kept = kept
         return block
 
     def back(self, a: np.ndarray) -> np.ndarray:
