@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from pathlib import Path
 
 import numpy as np
-import onnx
 
-from l0tre_core.certify import InputSet, Network, boxes
+from certify_budget import mnist_problem, zoo_mnist
+from l0tre_core.certify import Network, boxes
 from l0tre_core.certify.boxes import Boxes, box_bounds
 from l0tre_core.certify.problem import Budget
-from l0tre_core.certify.search import problem_for
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def spread(rng: np.random.Generator, k: int, apart: int) -> np.ndarray:
@@ -82,20 +78,14 @@ def main() -> None:
     ap.add_argument("--anchor", choices=("on", "off"), default="on", help="budget blocks anchored at the cut")
     args = ap.parse_args()
     boxes.ANCHOR = args.anchor == "on"
-    model = onnx.load(str(ROOT / "benchmarks" / "zoo" / f"{args.model}.onnx"))
-    net = Network.from_onnx(model, model.graph.input[0].name, model.graph.output[0].name, (1, 28, 28))
-    held = np.load(ROOT / "l0tre_core" / "demo" / "mnist_heldout_500.npz")
-    x_all = held["x"].reshape(len(held["x"]), -1).astype(np.float64) / 255
-    keep = np.flatnonzero(net.forward(x_all).argmax(1) == held["y"])
+    net, images, labels = zoo_mnist(args.model)
     rng = np.random.default_rng(0)
     if not args.layers:
         print("| held-out image | pixels | random | spread | square patches |")
         print("|---|---|---|---|---|")
     for i in args.images:
-        x0 = x_all[keep[i]]
-        ref = int(held["y"][keep[i]])
-        prob = problem_for(net, InputSet(x0=x0, lo=np.zeros(784), hi=np.ones(784), pixel=np.arange(784), n_pixels=784))
-        prob.prepare_float32(2)
+        x0, ref = images[i], int(labels[i])
+        prob = mnist_problem(net, x0, 2)
         if args.layers:
             layers(net, prob, x0, ref, rng.choice(784, args.layers, replace=False))
             continue

@@ -23,9 +23,28 @@ import onnx
 
 from l0tre_core.certify import InputSet, Network, boxes
 from l0tre_core.certify.boxes import Boxes, box_bounds
+from l0tre_core.certify.problem import Problem
 from l0tre_core.certify.search import problem_for
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def zoo_mnist(name: str) -> tuple[Network, np.ndarray, np.ndarray]:
+    """A zoo MNIST model's network, and the held-out images it classifies correctly ``[N, 784]``
+    (in [0, 1]) with their labels."""
+    model = onnx.load(str(ROOT / "benchmarks" / "zoo" / f"{name}.onnx"))
+    net = Network.from_onnx(model, model.graph.input[0].name, model.graph.output[0].name, (1, 28, 28))
+    held = np.load(ROOT / "l0tre_core" / "demo" / "mnist_heldout_500.npz")
+    x_all = held["x"].reshape(len(held["x"]), -1).astype(np.float64) / 255
+    keep = np.flatnonzero(net.forward(x_all).argmax(1) == held["y"])
+    return net, x_all[keep], held["y"][keep]
+
+
+def mnist_problem(net: Network, x0: np.ndarray, t: int) -> Problem:
+    """The problem of image ``x0`` (every pixel free in [0, 1]), float32 terms prepared for ``t``."""
+    prob = problem_for(net, InputSet(x0=x0, lo=np.zeros(784), hi=np.ones(784), pixel=np.arange(784), n_pixels=784))
+    prob.prepare_float32(t)
+    return prob
 
 
 def main() -> None:
@@ -38,19 +57,13 @@ def main() -> None:
     ap.add_argument("--anchor", choices=("on", "off"), default="on", help="budget blocks anchored at the cut")
     args = ap.parse_args()
     boxes.ANCHOR = args.anchor == "on"
-    model = onnx.load(str(ROOT / "benchmarks" / "zoo" / f"{args.model}.onnx"))
-    net = Network.from_onnx(model, model.graph.input[0].name, model.graph.output[0].name, (1, 28, 28))
-    held = np.load(ROOT / "l0tre_core" / "demo" / "mnist_heldout_500.npz")
-    x_all = held["x"].reshape(len(held["x"]), -1).astype(np.float64) / 255
-    keep = np.flatnonzero(net.forward(x_all).argmax(1) == held["y"])
+    net, images, labels = zoo_mnist(args.model)
     rng = np.random.default_rng(0)
     print("| held-out image | pixels | whole box: proven, median, ms | budget t: proven, median, ms |")
     print("|---|---|---|---|")
     for i in args.images:
-        x0 = x_all[keep[i]]
-        ref = int(held["y"][keep[i]])
-        prob = problem_for(net, InputSet(x0=x0, lo=np.zeros(784), hi=np.ones(784), pixel=np.arange(784), n_pixels=784))
-        prob.prepare_float32(args.t)
+        x0, ref = images[i], int(labels[i])
+        prob = mnist_problem(net, x0, args.t)
         for k in args.pixels:
             S = np.stack([rng.choice(784, k, replace=False) for _ in range(args.blocks)])
             blocks = Boxes(S, -x0[S], 1 - x0[S], np.zeros(len(S), np.int64))

@@ -429,7 +429,7 @@ class _Cover:
         # the main thread takes the results in order, so the cover's course does not depend on
         # which thread finishes first
         flying: deque[tuple[Future, list[Job], Boxes, float]] = deque()  # type: ignore[type-arg]
-        with self._block_threads() as pool:
+        with self._block_threads() as (pool, threads):
             while heap or small or leaves or flying:
                 if self.timer.out():  # type: ignore[attr-defined]
                     return "timeout"
@@ -441,7 +441,7 @@ class _Cover:
                     if res is not None:
                         return res
                     continue
-                while heap and not leaves and len(flying) < knobs.COVER_THREADS:
+                while heap and not leaves and len(flying) < threads:
                     # one size class per batch (padding costs as much as a scalar)
                     size = -heap[0][0]
                     n = self._box_chunk(size * int(prob.pixel_scalars.shape[1]), self.sec_per_block)  # type: ignore[attr-defined]
@@ -465,7 +465,7 @@ class _Cover:
         return None
 
     @contextlib.contextmanager
-    def _block_threads(self) -> Iterator[ThreadPoolExecutor]:
+    def _block_threads(self) -> Iterator[tuple[ThreadPoolExecutor, int]]:
         """Threads for the cover's batches of blocks: ``COVER_THREADS`` on the host (capped by its
         cores), each with one BLAS thread (on two cores, two batches at once with one BLAS thread
         each took 0.77 s where one at a time took 1.25 s), one where the boxes are bounded on
@@ -474,4 +474,4 @@ class _Cover:
         n = max(1, min(knobs.COVER_THREADS, cores)) if self.prob.arrays is NUMPY else 1
         limits = threadpool_limits(1, user_api="blas") if n > 1 else contextlib.nullcontext()
         with limits, ThreadPoolExecutor(n, thread_name_prefix="l0tre-cover") as pool:
-            yield pool
+            yield pool, n
