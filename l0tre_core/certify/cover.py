@@ -333,7 +333,7 @@ class _Cover:
         self.n_blocks += len(jobs)
         return lb.min(axis=1) > 0
 
-    def _plane(self, load: np.ndarray, order: np.ndarray) -> list[Job]:
+    def _plane(self, load: np.ndarray, order: np.ndarray) -> list[Line]:
         """The plane's lines (t = 2), of the least order whose lines are mostly proven. Where
         pixels are too heavy to group (each alone), the least plane's lines hold sqrt(P) pixels
         whatever their load, and on the max-pool CNNs most fail and are split in three. So a few
@@ -347,10 +347,10 @@ class _Cover:
             lines = plane_lines(q, parts)
             crossing = [line for line in lines if not line.owns and len(line.parts) > 2]
             if q * q >= PLANE_SPREAD * load.shape[0] or not crossing or self.timer.out():  # type: ignore[attr-defined]
-                return list(lines)
+                return lines
             pick = rng.choice(len(crossing), min(len(crossing), knobs.COVER_PROBE_BLOCKS), replace=False)
             if self._proven([crossing[i] for i in pick], order).mean() >= knobs.COVER_PROBE_PROVEN:
-                return list(lines)
+                return lines
             q = max(q + 1, int(q * 1.25))
 
     def _hopeless_level(self, top: list[Job], pred: list[float], order: np.ndarray) -> tuple[float, dict[int, bool]]:
