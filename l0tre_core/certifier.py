@@ -160,7 +160,12 @@ class SoundCertifier:
         from l0tre_core.certify import certify
 
         limit = None if deadline is None else max(0.0, deadline - time.monotonic())
-        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=limit, arrays=_arrays_for(ctx.kernels))
+        # the session's intra-op threads (0: all cores) are what this worker was given: a Ray
+        # worker holding one CPU gets one, and its certificates bound one batch at a time
+        options = getattr(self.classifier.runtime, "session_options", None) or {}
+        threads = int(options.get("intra_op_num_threads", 0) or 0)
+        verdict = certify(self.net, self.input_set(ctx), ctx.ref, t, time_limit=limit, arrays=_arrays_for(ctx.kernels),
+                          threads=threads)
         if verdict.status != "refuted" or verdict.witness is None:
             status = "band" if verdict.status == "unknown" and verdict.band else verdict.status
             return Certificate(status, None, verdict.detail)

@@ -104,3 +104,28 @@ def test_a_lower_bound_method_failing_in_a_worker_reaches_the_run_notes(monkeypa
     assert len(calls) == 3
     assert [n for n in result.model["notes"] if "boom in a worker" in n], result.model["notes"]
     assert sum(s.lower_sound >= 2 for s in result.samples) == 2  # the other inputs keep their certificates
+
+
+def test_a_worker_given_one_thread_certifies_with_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker opened with one intra-op thread (as Ray's actors are) passes it to the certifier,
+    which then bounds one batch at a time; a local run leaves the certifier its default."""
+    from helpers import DEMO_DATA
+    from l0tre_core import certify as certify_pkg
+    from l0tre_core import evaluate, load_data, load_model
+    from l0tre_core.driver import Budget
+
+    real = certify_pkg.certify
+    asked: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(certify_pkg, "certify", spy)
+    model = load_model()
+    data = load_data(DEMO_DATA, model.geometry, model.card.range, n=2)
+    evaluate(model, data, budget=Budget(max_t=1), lower="sound", executor=_Elsewhere())
+    assert asked and set(asked) == {1}
+    asked.clear()
+    evaluate(model, data, budget=Budget(max_t=1), lower="sound")
+    assert asked and set(asked) == {0}

@@ -133,8 +133,10 @@ def clean_images(clean: dict[str, Any], nd: Any, j: int, i: int) -> tuple[np.nda
     (``[2, D_j]``: the rows' constant, then the interval's), cached on the clean record."""
     if (j, i) not in clean["mw"]:
         p = nd.parents[i]
-        clean["mw"][(j, i)] = apply_mat(clean["mid"][p], nd.mats[i])
+        # "rw" before "mw", which is the one tested: a thread bounding boxes beside this one
+        # (``_Search._threads``) sees both or neither
         clean["rw"][(j, i)] = apply_mat(clean["gap"][p], nd.mat_abs(i))
+        clean["mw"][(j, i)] = apply_mat(clean["mid"][p], nd.mats[i])
     return clean["mw"][(j, i)], clean["rw"][(j, i)]
 
 

@@ -28,21 +28,17 @@ soundness, and the cover stays complete.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from l0tre_core.certify import search as knobs
-from l0tre_core.certify.arrays import NUMPY
 from l0tre_core.certify.boxes import Boxes, box_bounds
 
 if TYPE_CHECKING:
@@ -429,7 +425,7 @@ class _Cover:
         # the main thread takes the results in order, so the cover's course does not depend on
         # which thread finishes first
         flying: deque[tuple[Future, list[Job], Boxes, float]] = deque()  # type: ignore[type-arg]
-        with self._block_threads() as (pool, threads):
+        with self._threads() as pool:  # type: ignore[attr-defined]
             while heap or small or leaves or flying:
                 if self.timer.out():  # type: ignore[attr-defined]
                     return "timeout"
@@ -441,7 +437,7 @@ class _Cover:
                     if res is not None:
                         return res
                     continue
-                while heap and not leaves and len(flying) < threads:
+                while heap and not leaves and len(flying) < self.n_threads:  # type: ignore[attr-defined]
                     # one size class per batch (padding costs as much as a scalar)
                     size = -heap[0][0]
                     n = self._box_chunk(size * int(prob.pixel_scalars.shape[1]), self.sec_per_block)  # type: ignore[attr-defined]
@@ -449,7 +445,7 @@ class _Cover:
                     while heap and len(batch) < n and -heap[0][0] * 2 > size:
                         batch.append(heapq.heappop(heap)[2])
                     boxes = self._block_boxes(batch, order)
-                    flying.append((pool.submit(box_bounds, prob, boxes, self.ref, budget=self.t), batch, boxes,
+                    flying.append((_submit(pool, box_bounds, prob, boxes, self.ref, budget=self.t), batch, boxes,
                                    time.perf_counter()))
                 future, batch, boxes, started = flying.popleft()
                 lb, hint = future.result()
@@ -464,14 +460,11 @@ class _Cover:
                 push([k for i in fail for k in kids(batch[i])])
         return None
 
-    @contextlib.contextmanager
-    def _block_threads(self) -> Iterator[tuple[ThreadPoolExecutor, int]]:
-        """Threads for the cover's batches of blocks: ``COVER_THREADS`` on the host (capped by its
-        cores), each with one BLAS thread (on two cores, two batches at once with one BLAS thread
-        each took 0.77 s where one at a time took 1.25 s), one where the boxes are bounded on
-        another device."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = max(1, min(knobs.COVER_THREADS, cores)) if self.prob.arrays is NUMPY else 1
-        limits = threadpool_limits(1, user_api="blas") if n > 1 else contextlib.nullcontext()
-        with limits, ThreadPoolExecutor(n, thread_name_prefix="l0tre-cover") as pool:
-            yield pool, n
+
+def _submit(pool: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:  # type: ignore[type-arg]
+    """``fn`` in the pool, or here and now without one."""
+    if pool is not None:
+        return pool.submit(fn, *args, **kwargs)
+    done: Future = Future()  # type: ignore[type-arg]
+    done.set_result(fn(*args, **kwargs))
+    return done

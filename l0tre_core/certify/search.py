@@ -65,7 +65,7 @@ COVER_MAX_GROUP = 128  # pixels per group at most
 COVER_PROBE_LEVELS = (2.0, 4.0, 8.0)  # predicted loads (in COVER_SHARE) probed by ``_Cover._calibrate``
 COVER_PROBE_BLOCKS = 4  # ... with this many random blocks each
 COVER_PROBE_PROVEN = 0.75  # ... of which this share must be proven for the level to count
-COVER_THREADS = 2  # batches of blocks bounded at once on the host (``cover._Cover._run_cover``), one BLAS thread each
+BOUND_THREADS = 2  # batches of boxes or blocks bounded at once on the host (``split._Search._threads``), one BLAS thread each
 LIGHT_WIDTH = 4_000  # networks with more neurons than this: light ball bounds (``Problem.light``)
 
 
@@ -133,6 +133,7 @@ def certify(
     time_limit: float | None = None,
     split: bool = True,
     arrays: ArrayBackend | None = None,
+    threads: int = 0,
 ) -> Verdict:
     """Is every input of at most ``t`` changed pixels (each changed pixel's channels anywhere in
     ``[lo, hi]``) classified ``ref``?
@@ -142,7 +143,9 @@ def certify(
     input with at most ``t`` changed pixels (unchanged scalars bit-identical to ``x0``) that the
     network classifies otherwise. ``unknown``: neither within ``time_limit`` seconds (None: no
     limit; the one-pass bound always runs to the end). ``split=False``: the one-pass bound only.
-    ``arrays``: where boxes are bounded (``certify/arrays.py``; default NumPy).
+    ``arrays``: where boxes are bounded (``certify/arrays.py``; default NumPy). ``threads``: at
+    most this many batches of boxes bounded at once on the host (0: ``BOUND_THREADS``, up to the
+    cores; a worker given one CPU passes 1).
     """
     timer = _Timer(time_limit)
     prob = problem_for(net, inputs)
@@ -180,7 +183,7 @@ def certify(
                        band=in_band)
     from l0tre_core.certify.split import _Search  # it imports this module
 
-    search = _Search(prob, ref, t, timer)
+    search = _Search(prob, ref, t, timer, threads)
     try:
         return search.run(lb, a_in)
     except OutOfTime:

@@ -170,8 +170,8 @@ def pool_values(x: np.ndarray, node: Node, fill: float) -> np.ndarray:
     idx = node.pool_idx
     assert idx is not None
     if "pool_safe" not in node._cache:
+        node._cache["pool_pad"] = idx < 0  # before the key tested (threads bound boxes at once)
         node._cache["pool_safe"] = np.where(idx < 0, 0, idx)
-        node._cache["pool_pad"] = idx < 0
     dev = backend_of(x)
     vals = x[..., dev.put(node._cache["pool_safe"])]
     if node._cache["pool_pad"].any():
