@@ -425,7 +425,7 @@ class _Cover:
         # the main thread takes the results in order, so the cover's course does not depend on
         # which thread finishes first
         flying: deque[tuple[Future, list[Job], Boxes, float]] = deque()  # type: ignore[type-arg]
-        with self._threads() as pool:  # type: ignore[attr-defined]
+        with self._threads() as pool, self._one_blas_thread():  # type: ignore[attr-defined]
             while heap or small or leaves or flying:
                 if self.timer.out():  # type: ignore[attr-defined]
                     return "timeout"

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from l0tre_core.certify import search as knobs
 from l0tre_core.certify._types import Verdict
@@ -86,29 +86,36 @@ class _Search(_Attacks, _Cover):
     # -- threads ----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _threads(self) -> Iterator[ThreadPoolExecutor | None]:
-        """The pool that bounds batches of boxes (``_bounds``) and of blocks (``_Cover``) at once,
-        each thread with one BLAS thread: on two cores, two batches at once with one BLAS thread
-        each took 0.77 s where one at a time took 1.25 s (1.38 s with two BLAS threads). None with
-        one thread. Held for the whole search (threadpoolctl's limit costs milliseconds to set);
-        nested uses share it."""
+        """The pool that bounds batches of boxes (``_bounds``) and of blocks (``_Cover``) at once
+        (None with one thread), held for the whole search; nested uses share it."""
         if self._pool is not None or self.n_threads == 1:
             yield self._pool
             return
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(self.n_threads, thread_name_prefix="l0tre-bounds") as pool:
+        with ThreadPoolExecutor(self.n_threads, thread_name_prefix="l0tre-bounds") as pool:
             self._pool = pool
             try:
                 yield pool
             finally:
                 self._pool = None
 
+    def _one_blas_thread(self) -> contextlib.AbstractContextManager[object]:
+        """While batches are bounded in the pool's threads, one BLAS thread each: on two cores,
+        two batches at once with one BLAS thread each took 0.77 s where one at a time took 1.25 s
+        (1.38 s with two BLAS threads). Elsewhere BLAS keeps its threads (the probes and the
+        checks between batches ran 5-10 % slower with one)."""
+        if self._pool is None:
+            return contextlib.nullcontext()
+        return _blas().limit(limits=1, user_api="blas")
+
     def _bounds(self, boxes: Boxes) -> tuple[np.ndarray, np.ndarray]:
         """``box_bounds`` of a batch, shared between the pool's threads where it is large enough."""
         n = 1 if self._pool is None else min(self.n_threads, len(boxes) // SHARED_BATCH)
         if n <= 1:
             return box_bounds(self.prob, boxes, self.ref)
-        parts = [self._pool.submit(box_bounds, self.prob, boxes.take(rows), self.ref)  # type: ignore[union-attr]
-                 for rows in np.array_split(np.arange(len(boxes)), n)]
-        done = [part.result() for part in parts]
+        with self._one_blas_thread():
+            parts = [self._pool.submit(box_bounds, self.prob, boxes.take(rows), self.ref)  # type: ignore[union-attr]
+                     for rows in np.array_split(np.arange(len(boxes)), n)]
+            done = [part.result() for part in parts]
         return np.concatenate([lb for lb, _ in done]), np.concatenate([hint for _, hint in done])
 
     # -- boxes ------------------------------------------------------------------------------------
@@ -373,6 +380,18 @@ class _Search(_Attacks, _Cover):
         if res == "timeout":
             return self.verdict(detail + ", timeout")
         return self.settled(detail)
+
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def _blas() -> ThreadpoolController:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (finding them costs
+    milliseconds; a limit from it, microseconds)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
 
 
 def _thread_count(prob: Problem, threads: int) -> int:
