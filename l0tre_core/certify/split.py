@@ -34,7 +34,7 @@ from l0tre_core.certify.search import _Timer
 
 CORNER_ALL_INPUTS = 1024  # inputs up to this size: all corners of 3-scalar boxes are checked
 FIRST_BATCH = 8  # boxes in the first batch under a time limit: it measures the seconds per box
-SHARED_BATCH = 16  # boxes at least in a batch shared between threads (``_Search._bounds``)
+SHARED_BATCH = 16  # boxes at least per thread where a batch is shared between threads (``_Search._bounds``)
 
 
 class _Search(_Attacks, _Cover):
@@ -101,8 +101,8 @@ class _Search(_Attacks, _Cover):
     def _one_blas_thread(self) -> contextlib.AbstractContextManager[object]:
         """While batches are bounded in the pool's threads, one BLAS thread each: on two cores,
         two batches at once with one BLAS thread each took 0.77 s where one at a time took 1.25 s
-        (1.38 s with two BLAS threads). Elsewhere BLAS keeps its threads (the probes and the
-        checks between batches ran 5-10 % slower with one)."""
+        (1.38 s with two BLAS threads). Elsewhere (the cover's probes, branch and bound) BLAS keeps
+        the threads it had before the pool was shared."""
         if self._pool is None:
             return contextlib.nullcontext()
         return _blas().limit(limits=1, user_api="blas")
