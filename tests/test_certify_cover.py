@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,83 +248,74 @@ def test_the_plane_grows_while_its_lines_fail(proven_up_to: int, monkeypatch: py
     assert set().union(*[_claims(line) for line in lines]) == every
 
 
+class _InFlight:
+    """A spy on ``box_bounds``: the free scalars of every box it was given, and the most calls
+    running at once."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.lock = threading.Lock()
+        self.busy = self.most = 0
+        self.boxes: list[bytes] = []
+
+    def __call__(self, prob: object, boxes: Boxes, ref: int, **kw: object) -> object:
+        with self.lock:
+            self.boxes.extend(row[row >= 0].tobytes() for row in boxes.S)
+            self.busy += 1
+            self.most = max(self.most, self.busy)
+        try:
+            return self.real(prob, boxes, ref, **kw)
+        finally:
+            with self.lock:
+                self.busy -= 1
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def test_threads_change_the_time_not_the_cover(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of blocks bounded in two threads at once (``BOUND_THREADS``) give what one thread
     gives: the same verdict and the same blocks (a batch may be cut before the one ahead of it has
     pushed its kids, so batches differ), with two batches really in flight at once."""
-    import os
-    import threading
-
     from l0tre_core.certify import certify, cover, search
     from test_certify_cones import _problem as zoo_problem
 
     net, inputs, ref = zoo_problem("mnist_convsmall", 0)
-    real = cover.box_bounds
-    runs: dict[int, dict[str, object]] = {}
+    runs = {}
     for threads in (1, 2):
-        seen: list[bytes] = []
-        busy, most = [0], [0]
-        lock = threading.Lock()
-
-        def spy(prob: object, boxes: Boxes, ref: int, **kw: object) -> object:
-            with lock:
-                seen.extend(row[row >= 0].tobytes() for row in boxes.S)
-                busy[0] += 1
-                most[0] = max(most[0], busy[0])
-            try:
-                return real(prob, boxes, ref, **kw)
-            finally:
-                with lock:
-                    busy[0] -= 1
-
+        spy = _InFlight(cover.box_bounds)
         monkeypatch.setattr(search, "BOUND_THREADS", threads)
         monkeypatch.setattr(cover, "box_bounds", spy)
         certify(net, inputs, ref, 1)
         v = certify(net, inputs, ref, 2)
-        runs[threads] = {"status": v.status, "detail": v.detail, "blocks": sorted(seen), "most": most[0]}
-    assert runs[1]["status"] == runs[2]["status"] == "proven"
-    assert runs[1]["detail"] == runs[2]["detail"] and runs[1]["blocks"] == runs[2]["blocks"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    assert runs[1]["most"] == 1 and runs[2]["most"] == min(2, cores)  # (one core: one thread)
+        monkeypatch.undo()
+        runs[threads] = (v.status, v.detail, sorted(spy.boxes), spy.most)
+    assert runs[1][0] == runs[2][0] == "proven"
+    assert runs[1][1:3] == runs[2][1:3]
+    assert runs[1][3] == 1 and runs[2][3] == min(2, _cores())  # (one core: one thread)
 
 
 def test_threads_share_a_batch_of_pixel_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
     """t = 1: a batch of pixel boxes is shared between the threads (``_Search._bounds``): the same
     verdict and pixel-box bounds as one thread, two calls in flight at once, and no more than
     ``certify(..., threads=1)`` allows."""
-    import os
-    import threading
-
     from l0tre_core.certify import certify, cover, search, split
     from test_certify_cones import _problem as zoo_problem
 
     net, inputs, ref = zoo_problem("mnist_convsmall", 0)
-    real = split.box_bounds
     runs = {}
     for knob, threads in ((1, 0), (2, 0), (2, 1)):
-        busy, most, rows = [0], [0], [0]
-        lock = threading.Lock()
-
-        def spy(prob: object, boxes: Boxes, ref: int, **kw: object) -> object:
-            with lock:
-                busy[0] += 1
-                most[0] = max(most[0], busy[0])
-                rows[0] += len(boxes)
-            try:
-                return real(prob, boxes, ref, **kw)
-            finally:
-                with lock:
-                    busy[0] -= 1
-
+        spy = _InFlight(split.box_bounds)
         monkeypatch.setattr(search, "BOUND_THREADS", knob)
         monkeypatch.setattr(split, "box_bounds", spy)
         cover._T1_BOUNDS.clear()
         v = certify(net, inputs, ref, 1, threads=threads)
+        monkeypatch.undo()
         (kept,) = cover._T1_BOUNDS.values()
-        runs[(knob, threads)] = (v.status, v.detail, kept, most[0], rows[0])
+        runs[(knob, threads)] = (v.status, v.detail, kept, spy.most, len(spy.boxes))
     one, two, capped = runs[(1, 0)], runs[(2, 0)], runs[(2, 1)]
     assert one[0] == two[0] == capped[0] == "proven" and one[1] == two[1] == capped[1]
     assert one[4] == two[4] >= 784  # every pixel box bounded, each once
     np.testing.assert_allclose(two[2], one[2], rtol=1e-9, atol=1e-9)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    assert one[3] == 1 and two[3] == min(2, cores) and capped[3] == 1
+    assert one[3] == 1 and two[3] == min(2, _cores()) and capped[3] == 1
