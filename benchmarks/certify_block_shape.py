@@ -47,11 +47,11 @@ def patches(side: int) -> np.ndarray:
 
 
 def spatial_lines(q: int, apart: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The lines y = a x + b (mod q) and x = c of AG(2, q) over the 28 x 28 pixels, as (spread,
+    """The lines c = a r + b (mod q) and the columns of AG(2, q) over the 28 x 28 pixels, as (spread,
     near): a line is near when two of its pixels are closer than ``apart`` (Chebyshev)."""
     spread_, near = [], []
-    cols = [[(r, (a * r + b) % q) for r in range(28) if (a * r + b) % q < 28] for a in range(q) for b in range(q)]
-    for pts in cols + [[(r, c) for r in range(28)] for c in range(28)]:
+    sloped = [[(r, (a * r + b) % q) for r in range(28) if (a * r + b) % q < 28] for a in range(q) for b in range(q)]
+    for pts in sloped + [[(r, c) for r in range(28)] for c in range(28)]:
         if len(pts) < 3:
             continue
         close = any(max(abs(r - r2), abs(c - c2)) < apart for (r, c), (r2, c2) in itertools.combinations(pts, 2))

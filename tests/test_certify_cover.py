@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from typing import Any
 
@@ -270,15 +269,11 @@ class _InFlight:
                 self.busy -= 1
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def test_threads_change_the_time_not_the_cover(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of blocks bounded in two threads at once (``BOUND_THREADS``) give what one thread
     gives: the same verdict and the same blocks (a batch may be cut before the one ahead of it has
     pushed its kids, so batches differ), with two batches really in flight at once."""
-    from l0tre_core.certify import certify, cover, search
+    from l0tre_core.certify import certify, cover, search, split
     from test_certify_cones import _problem as zoo_problem
 
     net, inputs, ref = zoo_problem("mnist_convsmall", 0)
@@ -293,7 +288,7 @@ def test_threads_change_the_time_not_the_cover(monkeypatch: pytest.MonkeyPatch) 
         runs[threads] = (v.status, v.detail, sorted(spy.boxes), spy.most)
     assert runs[1][0] == runs[2][0] == "proven"
     assert runs[1][1:3] == runs[2][1:3]
-    assert runs[1][3] == 1 and runs[2][3] == min(2, _cores())  # (one core: one thread)
+    assert runs[1][3] == 1 and runs[2][3] == min(2, split.cores())  # (one core: one thread)
 
 
 def test_threads_share_a_batch_of_pixel_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,4 +313,4 @@ def test_threads_share_a_batch_of_pixel_boxes(monkeypatch: pytest.MonkeyPatch) -
     assert one[0] == two[0] == capped[0] == "proven" and one[1] == two[1] == capped[1]
     assert one[4] == two[4] >= 784  # every pixel box bounded, each once
     np.testing.assert_allclose(two[2], one[2], rtol=1e-9, atol=1e-9)
-    assert one[3] == 1 and two[3] == min(2, _cores()) and capped[3] == 1
+    assert one[3] == 1 and two[3] == min(2, split.cores()) and capped[3] == 1

@@ -394,10 +394,15 @@ def _blas() -> ThreadpoolController:
     return _CONTROLLER
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _thread_count(prob: Problem, threads: int) -> int:
     """Batches bounded at once: ``BOUND_THREADS`` up to the cores, and up to ``threads`` (> 0)
     where the caller was given fewer; one where boxes are bounded on another device."""
     if prob.arrays is not NUMPY:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(knobs.BOUND_THREADS, cores, threads if threads > 0 else cores))
+    n = cores()
+    return max(1, min(knobs.BOUND_THREADS, n, threads if threads > 0 else n))

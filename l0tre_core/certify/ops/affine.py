@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 _CHUNK_ELEMS = 4_000_000
 PAIR_BLOCK_MAX = 400_000  # entries of one dense block of ``ConvOp.apply_pair``
 BACK_DENSE_MAX = 4_000_000  # entries of a convolution's dense matrix kept for ``ConvOp.back``
-_PAIR_LOCK = threading.Lock()
 PAIR_CACHE_MAX = 2_000_000  # entries of the blocks one convolution keeps (twice: W and |W|; the zoo CNNs use 1.3-1.4 million)
+_PAIR_LOCK = threading.Lock()  # the blocks' cache, shared by the threads that bound boxes
 
 
 class _Sym:
