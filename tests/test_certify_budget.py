@@ -76,8 +76,8 @@ def test_budget_blocks_stay_below_the_milp_minimum(name: str, make: object, exac
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Each block's margin bounds with budget b are at most the exact minimum over the block's
     points that change at most b of its pixels (float32 terms prepared for t = 2, or none); and
-    over all blocks the budget's bounds are above the whole box's (not on every margin: the
-    relaxations' slopes follow the intermediate bounds, and a tighter interval can choose a
+    over all blocks the budget's least margins are above the whole box's (not on every block:
+    the relaxations' slopes follow the intermediate bounds, and a tighter interval can choose a
     slope that ends lower). ``cones``: convolutions kept structured, so that blocks run over
     their cones and their rows are anchored at the cut."""
     anchored = []
@@ -111,7 +111,7 @@ def test_budget_blocks_stay_below_the_milp_minimum(name: str, make: object, exac
             lb, _ = box_bounds(prob, box, ref, budget=budget)
             whole, _ = box_bounds(prob, box, ref, inside_ball=False)
             assert np.isfinite(lb).all()
-            gained += float((lb - whole).sum())
+            gained += float(lb.min() - whole.min())  # (a margin proven early is not tightened further)
             excluded = np.ones(P, bool)
             excluded[pix] = False
             for col, k in enumerate(others):

@@ -127,4 +127,8 @@ def test_staged_proves_what_the_full_pass_proves(name: str, monkeypatch: pytest.
     assert (proven_cut | ~proven_full).all(), "a box the full pass proves is not proven"
     undecided = ~proven_cut
     assert undecided.any() and proven_full.any()
-    assert (cut[undecided] >= full[undecided]).all()
+    # the margins the cut leaves unproven go on to the input as the full pass's do: no lower
+    # there (a margin the cut proves keeps the cut's bound)
+    low = cut[undecided] <= 0
+    c, f = cut[undecided][low], full[undecided][low]
+    assert low.any() and (c >= f - 1e-9 * (1.0 + np.abs(f))).all()  # (fewer rows: float64 noise)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from l0tre_core.certify import float32, local
+from l0tre_core.certify import float32, local, stem
 from l0tre_core.certify.arrays import NUMPY, ArrayBackend, add_at, backend_of
 from l0tre_core.certify.bounds import _Relax, backward, spec_matrix
 from l0tre_core.certify.network import apply_mat
@@ -35,8 +35,6 @@ BUDGET_ROWS = 1024
 # a budget box's rows at the cut are anchored at the clean values, each relaxation gap charged to
 # the pixels that reach it (``_anchor``); False: the gaps as constants, as before
 ANCHOR = True
-# pixels x cut-and-earlier neurons past which the pixels' cones are not built (no anchoring)
-ANCHOR_MAX = 50_000_000
 
 
 @dataclass
@@ -221,7 +219,7 @@ def _over_clean(full: np.ndarray, part: np.ndarray, b: int, bi: np.ndarray, ci: 
 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
                   dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None,
-                  inside_ball: bool = True, input_abs: dict[int, np.ndarray] | None = None,
+                  inside_ball: bool = True, input_abs: dict[int, Any] | None = None,
                   dev: ArrayBackend = NUMPY) -> np.ndarray | None:
     """``[B, D_j]``: the float32 rounding of linear node ``j`` over each box, from the box's own
     bounds on the node's inputs (float32-valid: they include every earlier node's rounding).
@@ -232,7 +230,8 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     its own terms hold for it).
     With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
     the cone: outside it every value is the clean input's float32 value, which the clean box's
-    bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered."""
+    bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered (or its values
+    over each scalar's cone and their ``stem.ConeRows``)."""
     ball = dev.put(prob.rounding(j))
     if ball is None:
         return None
@@ -259,7 +258,10 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
                     add_at(term, (np.broadcast_to(dev.xp.arange(b)[:, None], S.shape), S), gain)
                 else:
                     acols = np.abs(nd.input_cols(i, S)) if input_abs is None or i not in input_abs else input_abs[i]
-                    term += _weigh(acols, gain)
+                    if isinstance(acols, tuple):  # over each scalar's cone (``_stem_input``)
+                        term += acols[1].scatter(acols[0] * gain[:, :, None])
+                    else:
+                        term += _weigh(acols, gain)
             else:
                 top = np.maximum(np.abs(prob.x0).max(), (np.abs(x0s) + gain).max(axis=1))
                 term = m[None, :] * top[:, None]
@@ -290,36 +292,6 @@ def _host(dev: ArrayBackend, v: Any) -> Any:
     return dev.get(v)
 
 
-def _pixel_cones(prob: Problem, k: int) -> np.ndarray | None:
-    """``[P, D_k]`` bool: the neurons of node ``k`` each pixel reaches (its scalars' structural
-    cone: the neurons whose value may change when that pixel alone changes). It depends on the
-    network and the pixel map only, not on the input: cached on the network (0.1 s per input on
-    the max-pool CNN otherwise). None where the map would exceed ``ANCHOR_MAX`` entries."""
-    cache = prob.net.__dict__.setdefault("_pixel_cones", {})
-    key = (k, prob.P, prob.pixel.tobytes())
-    if key not in cache:
-        nodes = prob.net.nodes
-        if prob.P * sum(nd.size for nd in nodes[: k + 1]) > ANCHOR_MAX:
-            cache[key] = None
-            return None
-        reach: dict[int, np.ndarray] = {0: np.zeros((prob.P, nodes[0].size), dtype=bool)}
-        reach[0][prob.pixel, np.arange(prob.pixel.size)] = True
-        for j in range(1, k + 1):
-            nd = nodes[j]
-            if nd.kind == "linear":
-                r = np.zeros((prob.P, nd.size), dtype=bool)
-                for i, p in enumerate(nd.parents):
-                    m = nd.mat_abs(i)
-                    r |= reach[p] if m is None else apply_mat(reach[p].astype(np.float64), m) > 0
-            elif nd.kind == "maxpool":
-                r = pool_values(reach[nd.parents[0]], nd, False).any(axis=-1)
-            else:  # elementwise
-                r = reach[nd.parents[0]]
-            reach[j] = r
-        cache[key] = reach[k]
-    return cache[key]
-
-
 def _indicators(dlo: np.ndarray, dhi: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The free scalars' ranges ``[B, F]`` with each pixel's change indicator after its ``width``
     scalars (range [0, 1]): the columns of anchored rows (``_anchor``)."""
@@ -348,8 +320,8 @@ def _anchor(prob: Problem, k: int, lo: np.ndarray, up: np.ndarray, S: np.ndarray
     ``L`` where one does (``i_p`` 1). The relaxation gaps below the node, which the rows carry as
     constants charged whatever pixels change, are charged instead to the pixels that reach the
     neuron, and the budget's top-k rule counts only the pixels that change. Upper rows likewise.
-    None where the pixels' cones are not built (``ANCHOR_MAX``)."""
-    cones = _pixel_cones(prob, k)
+    None where the pixels' cones are not built (``stem.CONES_MAX``)."""
+    cones = stem.pixel_cones(prob, k)
     if cones is None:
         return None
     xp = dev.xp
@@ -374,6 +346,32 @@ def _anchor(prob: Problem, k: int, lo: np.ndarray, up: np.ndarray, S: np.ndarray
         return out
 
     return rows(lo, lo[:, -1, :] + g_lo, -g_lo[:, None, :] * reach), rows(up, up[:, -1, :] - g_up, g_up[:, None, :] * reach)
+
+
+def _stem_input(prob: Problem, j: int, S: np.ndarray, real: np.ndarray, dlo: np.ndarray, dhi: np.ndarray,
+                bounds: list[Any], L: dict[int, Any], U: dict[int, Any], cone: dict[int, np.ndarray],
+                eps_box: dict[int, np.ndarray], row_lo: dict[int, np.ndarray], row_up: dict[int, np.ndarray],
+                clean: dict[str, Any] | None, inside_ball: bool, dev: ArrayBackend) -> None:
+    """``_forward`` on node ``j``, the stem's convolution of the input (``stem.stem_end``): its
+    rows over each free scalar's cone (``stem.ConeRows``, in ``L`` and ``U``), its cone, float32
+    rounding and bounds, as the full rows give them."""
+    nd = prob.net.nodes[j]
+    rows = stem.input_rows(prob, j, S, real, dev.put(nd.bias) + dev.put(prob.input_term(j, 0)), dev)
+    cols = rows.lo
+    acols = np.abs(cols)
+    # the exact interval of the node, from the few free columns
+    cen = rows.lo0 + rows.scatter(cols * (0.5 * (dlo + dhi))[:, :, None])
+    rad = rows.scatter(acols * (0.5 * (dhi - dlo))[:, :, None])
+    cone[j] = rows.scatter((cols != 0) * 1.0) > 0
+    eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, {0: (acols, rows)}, dev)
+    if eps is not None:
+        eps_box[j] = eps
+        rows.lo0 -= eps
+        rows.up0 += eps
+        rad = rad + eps
+    L[j] = U[j] = rows
+    row_lo[j], row_up[j] = cen - rad, cen + rad
+    bounds[j] = (row_lo[j], np.maximum(row_up[j], row_lo[j]))
 
 
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
@@ -422,10 +420,15 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
     last = net.last_use
     anchor = budget.width if ANCHOR and budget is not None and clean is not None and record is None else 0
     anchored = False
+    # the first wide layers with each free scalar's coefficients over its own cone (``stem``)
+    stem_last = stem.stem_end(prob, BUDGET_ROWS) if clean is not None and record is None and f else 0
     for j in range(1, len(nodes)):
         nd = nodes[j]
         tight = budget if nd.size <= BUDGET_ROWS or anchored else None
-        if nd.kind == "linear":
+        if nd.kind == "linear" and j <= stem_last:
+            _stem_input(prob, j, S, real, dlo, dhi, bounds, L, U, cone, eps_box, row_lo, row_up, clean,
+                        inside_ball, dev)
+        elif nd.kind == "linear":
             bias = dev.put(nd.bias)
             lo_rows = xp.zeros((b, f + 1, nd.size))
             lo_rows[:, -1, :] = bias
@@ -521,49 +524,53 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 record["pool"][j] = (bounds[j], pr)
             if pools_out is not None:
                 pools_out[j] = pr
-            gi = np.broadcast_to(pr.istar[:, None, :], (b, f + 1, nd.size))
-            L[j] = np.take_along_axis(L[p], gi, axis=2)
-            # upper: off + sum_k slope_k x[idx_k] <= off + sum_k slope_k U_p[idx_k] (slopes >= 0),
-            # a constant (at most ub) wherever no window input has a slope: only the windows with
-            # one are computed; with cones, only each box's own (elsewhere its row is the clean
-            # box's constant row)
-            up_rows = xp.zeros((b, f + 1, nd.size))
-            if clean is not None:
-                up_rows[:, -1, :] = dev.put(clean["pool_up"][j])
-                bi, ci = np.nonzero(cone[j])
+            if isinstance(L[p], stem.ConeRows):
+                L[j] = U[j] = stem.pool_rows(prob, j, L[p], S, dlo, dhi, pr.istar, pr.slope, pr.off, bounds[j][1],
+                                             cone[j], dev.put(clean["pool_up"][j]), dev)  # type: ignore[index]
             else:
-                up_rows[:, -1, :] = pr.off
-                ci = np.nonzero((pr.slope != 0).any(axis=(0, 2)))[0]
-                bi = None
-            if ci.size:
-                win = dev.put(nd.pool_idx)[ci]
-                safe = np.where(win < 0, 0, win)  # padding has slope 0
-                if bi is None:
-                    vals = np.moveaxis(U[p][:, :, safe], 1, -1)  # [B, C, K, F+1]
-                    slope, off, ubj = pr.slope[:, ci, :], pr.off[:, ci], bounds[j][1][:, ci]
-                    lo_d, hi_d = dlo[:, None, :], dhi[:, None, :]
+                gi = np.broadcast_to(pr.istar[:, None, :], (b, f + 1, nd.size))
+                L[j] = np.take_along_axis(L[p], gi, axis=2)
+                # upper: off + sum_k slope_k x[idx_k] <= off + sum_k slope_k U_p[idx_k] (slopes >= 0),
+                # a constant (at most ub) wherever no window input has a slope: only the windows with
+                # one are computed; with cones, only each box's own (elsewhere its row is the clean
+                # box's constant row)
+                up_rows = xp.zeros((b, f + 1, nd.size))
+                if clean is not None:
+                    up_rows[:, -1, :] = dev.put(clean["pool_up"][j])
+                    bi, ci = np.nonzero(cone[j])
                 else:
-                    vals = U[p][bi[:, None], :, safe]  # [N, K, F+1]
-                    slope, off, ubj = pr.slope[bi, ci], pr.off[bi, ci], bounds[j][1][bi, ci]
-                    lo_d, hi_d = dlo[bi], dhi[bi]
-                sub = np.matmul(slope[..., None, :], vals)[..., 0, :]  # [..., F+1]
-                sub[..., -1] += off
-                # U_p's rows may reach above the interval bounds u_p (those are the tighter of
-                # two bounds): where this row's maximum over the box exceeds the interval bound,
-                # the constant is used, so that the row is never above it anywhere in the box.
-                # Both are valid; the tolerance keeps float64 noise from choosing (a row of the
-                # dominating input often reaches exactly its own bound), so that bounds over a
-                # box's cone equal those over the whole input
-                co = sub[..., :-1]
-                top = sub[..., -1] + (np.abs(co) * 0.5 * (hi_d - lo_d) + co * 0.5 * (hi_d + lo_d)).sum(axis=-1)
-                over = top > ubj + 1e-9 * (1.0 + np.abs(ubj))
-                sub = np.where(over[..., None], 0.0, sub)
-                sub[..., -1] = np.where(over, ubj, sub[..., -1])
-                if bi is None:
-                    up_rows[:, :, ci] = np.moveaxis(sub, -1, 1)
-                else:
-                    up_rows[bi, :, ci] = sub
-            U[j] = up_rows
+                    up_rows[:, -1, :] = pr.off
+                    ci = np.nonzero((pr.slope != 0).any(axis=(0, 2)))[0]
+                    bi = None
+                if ci.size:
+                    win = dev.put(nd.pool_idx)[ci]
+                    safe = np.where(win < 0, 0, win)  # padding has slope 0
+                    if bi is None:
+                        vals = np.moveaxis(U[p][:, :, safe], 1, -1)  # [B, C, K, F+1]
+                        slope, off, ubj = pr.slope[:, ci, :], pr.off[:, ci], bounds[j][1][:, ci]
+                        lo_d, hi_d = dlo[:, None, :], dhi[:, None, :]
+                    else:
+                        vals = U[p][bi[:, None], :, safe]  # [N, K, F+1]
+                        slope, off, ubj = pr.slope[bi, ci], pr.off[bi, ci], bounds[j][1][bi, ci]
+                        lo_d, hi_d = dlo[bi], dhi[bi]
+                    sub = np.matmul(slope[..., None, :], vals)[..., 0, :]  # [..., F+1]
+                    sub[..., -1] += off
+                    # U_p's rows may reach above the interval bounds u_p (those are the tighter of
+                    # two bounds): where this row's maximum over the box exceeds the interval bound,
+                    # the constant is used, so that the row is never above it anywhere in the box.
+                    # Both are valid; the tolerance keeps float64 noise from choosing (a row of the
+                    # dominating input often reaches exactly its own bound), so that bounds over a
+                    # box's cone equal those over the whole input
+                    co = sub[..., :-1]
+                    top = sub[..., -1] + (np.abs(co) * 0.5 * (hi_d - lo_d) + co * 0.5 * (hi_d + lo_d)).sum(axis=-1)
+                    over = top > ubj + 1e-9 * (1.0 + np.abs(ubj))
+                    sub = np.where(over[..., None], 0.0, sub)
+                    sub[..., -1] = np.where(over, ubj, sub[..., -1])
+                    if bi is None:
+                        up_rows[:, :, ci] = np.moveaxis(sub, -1, 1)
+                    else:
+                        up_rows[bi, :, ci] = sub
+                U[j] = up_rows
             if record is not None:
                 record["pool_up"][j] = up_rows[0, -1].copy()
         else:
@@ -577,27 +584,34 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
                 record["act"][j] = (sl, bl, su, bu)
             lp, up = L[p], U[p]
             relu = nd.kind == "relu"  # its slopes lie in [0, 1]
-            if relu:
-                lo_rows = sl[:, None, :] * lp
-                up_rows = su[:, None, :] * up
+            if isinstance(lp, stem.ConeRows):
+                L[j] = U[j] = stem.activation_rows(lp, sl, bl, su, bu, relu, lp.idx)
             else:
-                lo_rows = np.maximum(sl, 0)[:, None, :] * lp + np.minimum(sl, 0)[:, None, :] * up
-                up_rows = np.maximum(su, 0)[:, None, :] * up + np.minimum(su, 0)[:, None, :] * lp
-            lo_rows[:, -1, :] += bl
-            up_rows[:, -1, :] += bu
-            L[j], U[j] = lo_rows, up_rows
+                if relu:
+                    lo_rows = sl[:, None, :] * lp
+                    up_rows = su[:, None, :] * up
+                else:
+                    lo_rows = np.maximum(sl, 0)[:, None, :] * lp + np.minimum(sl, 0)[:, None, :] * up
+                    up_rows = np.maximum(su, 0)[:, None, :] * up + np.minimum(su, 0)[:, None, :] * lp
+                lo_rows[:, -1, :] += bl
+                up_rows[:, -1, :] += bu
+                L[j], U[j] = lo_rows, up_rows
             # tighten with the forward-mode rows; a nonnegative slope scales its row's bound
             # over the box, so a ReLU's rows are bounded by its parent's rows' bounds
             if relu and p in row_lo:
                 row_lo[j], row_up[j] = sl * row_lo[p] + bl, su * row_up[p] + bu
+            elif isinstance(L[j], stem.ConeRows):
+                row_lo[j], row_up[j] = L[j].lower(dlo, dhi), L[j].upper(dlo, dhi)
             else:
-                row_lo[j], row_up[j] = _lin_lower(lo_rows, dlo, dhi, tight), _lin_upper(up_rows, dlo, dhi, tight)
+                row_lo[j], row_up[j] = _lin_lower(L[j], dlo, dhi, tight), _lin_upper(U[j], dlo, dhi, tight)
             nl, nu = bounds[j]
             l2 = np.maximum(nl, row_lo[j])
             u2 = np.maximum(np.minimum(nu, row_up[j]), l2)
             bounds[j] = (l2, u2)
             if clean is not None:
                 cone[j] = cone[p]
+        if j == stem_last:  # the rows in full from here on
+            L[j], U[j] = L[j].dense()
         if anchor and j == net.cut:
             rows = _anchor(prob, j, L[j], U[j], S, real, clean, anchor, dev)  # type: ignore[arg-type]
             if rows is not None:  # the rest of the network is a chain over the indicator columns too
@@ -757,14 +771,28 @@ def _spec_backward(prob: Problem, bounds: list[Any], sel: np.ndarray, S: np.ndar
             + np.matmul(np.minimum(a_k, 0.0), np.swapaxes(uk[sel], 1, 2)))  # (batched BLAS: 4x einsum's speed)
     hlo, hhi, hbudget = head if head is not None else (dlo, dhi, budget)
     lb = c_k + _lin_lower(np.moveaxis(rows, 2, 1), hlo[sel], hhi[sel], hbudget)
-    rest = np.nonzero((lb - (0.0 if slack is None else slack) <= 0).any(axis=1))[0]
+    failing = lb - (0.0 if slack is None else slack) <= 0
+    rest = np.nonzero(failing.any(axis=1))[0]
     if rest.size:
+        # only the margins the cut did not prove go on: a proven margin stays proven, and the
+        # pass costs in proportion to its rows
+        dev = backend_of(lb)
+        rows_idx = dev.asarray(failing_rows(dev.get(failing[rest])))  # (chosen on the host)
         rx_rest = _relax_of(net, rx.bounds, rest, {j: v for j, v in rx.cache.items() if j <= k})
-        deep, _ = backward(prob, rx_rest, k, a_k[rest], c_k[rest], rest.size,
+        deep, _ = backward(prob, rx_rest, k, np.take_along_axis(a_k[rest], rows_idx[:, :, None], axis=1),
+                           np.take_along_axis(c_k[rest], rows_idx, axis=1), rest.size,
                            box=BoxInput(box.S[rest], box.dlo[rest], box.dhi[rest], budget),
                            rounding={j: v[rest] for j, v in rounding.items()})
-        lb[rest] = np.maximum(lb[rest], deep)
+        at = (rest[:, None], rows_idx)
+        lb[at] = np.maximum(lb[at], deep)
     return lb
+
+
+def failing_rows(fail: np.ndarray) -> np.ndarray:
+    """``[B, R']``: for each row of ``fail [B, R]`` (bool, at least one True each), the indices
+    of its True entries, padded by repeating its first (``R'``: the most True entries of a row)."""
+    pick = np.argsort(~fail, axis=1, kind="stable")[:, : int(fail.sum(axis=1).max())]
+    return np.where(np.take_along_axis(fail, pick, axis=1), pick, pick[:, :1])
 
 
 def _budget(prob: Problem, boxes: Boxes, budget: int | None) -> Budget | None:
