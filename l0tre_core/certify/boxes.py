@@ -374,6 +374,35 @@ def _stem_input(prob: Problem, j: int, S: np.ndarray, real: np.ndarray, dlo: np.
     bounds[j] = (row_lo[j], np.maximum(row_up[j], row_lo[j]))
 
 
+def _stem_conv(prob: Problem, j: int, S: np.ndarray, real: np.ndarray, dlo: np.ndarray, dhi: np.ndarray,
+               bounds: list[Any], L: dict[int, Any], U: dict[int, Any], cone: dict[int, np.ndarray],
+               eps_box: dict[int, np.ndarray], row_lo: dict[int, np.ndarray], row_up: dict[int, np.ndarray],
+               clean: dict[str, Any], inside_ball: bool, dev: ArrayBackend) -> None:
+    """``_forward`` on node ``j``, a convolution inside the stem: the coefficient rows per free
+    scalar by its pixel's block (``stem.conv_rows``), the constant rows and the interval by the
+    clean box's images plus the convolution over the box's cone (``_conv_terms``)."""
+    nd = prob.net.nodes[j]
+    p = nd.parents[0]
+    rows: stem.ConeRows = L[p]
+    il, iu = bounds[p]
+    cmw, cgw, at = stem.conv_rows(prob, j, rows, S, dev)
+    mid = 0.5 * np.stack([rows.lo0 + rows.up0, il + iu], axis=1)
+    gap = 0.5 * np.stack([rows.up0 - rows.lo0, iu - il], axis=1)
+    none = dev.xp.zeros((S.shape[0], 0, rows.size))
+    _, _, mw, rw, cone[j] = _conv_terms(nd, 0, j, p, none, none, mid, gap, cone[p], clean, dev)
+    bias = dev.put(nd.bias)
+    lo0, up0 = bias + (mw[:, 0] - rw[:, 0]), bias + (mw[:, 0] + rw[:, 0])
+    cen, rad = bias + mw[:, 1], rw[:, 1]
+    eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, None, dev)
+    if eps is not None:
+        eps_box[j] = eps
+        lo0, up0, rad = lo0 - eps, up0 + eps, rad + eps
+    L[j] = U[j] = out = stem.ConeRows(at, cmw - cgw, cmw + cgw, lo0, up0)
+    row_lo[j], row_up[j] = out.lower(dlo, dhi), out.upper(dlo, dhi)
+    lo = np.maximum(cen - rad, row_lo[j])
+    bounds[j] = (lo, np.maximum(np.minimum(cen + rad, row_up[j]), lo))
+
+
 def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, clean: dict[str, Any] | None,
              record: dict[str, Any] | None = None, inside_ball: bool = True,
              cones_out: dict[int, np.ndarray] | None = None, pools_out: dict[int, PoolRelax] | None = None,
@@ -426,8 +455,8 @@ def _forward(prob: Problem, S: np.ndarray, dlo: np.ndarray, dhi: np.ndarray, cle
         nd = nodes[j]
         tight = budget if nd.size <= BUDGET_ROWS or anchored else None
         if nd.kind == "linear" and j <= stem_last:
-            _stem_input(prob, j, S, real, dlo, dhi, bounds, L, U, cone, eps_box, row_lo, row_up, clean,
-                        inside_ball, dev)
+            step = _stem_input if j == 1 else _stem_conv
+            step(prob, j, S, real, dlo, dhi, bounds, L, U, cone, eps_box, row_lo, row_up, clean, inside_ball, dev)
         elif nd.kind == "linear":
             bias = dev.put(nd.bias)
             lo_rows = xp.zeros((b, f + 1, nd.size))

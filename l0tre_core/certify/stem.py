@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 ENABLED = True
 # pixels x neurons past which the pixels' cones are not built (no stem, no anchoring)
 CONES_MAX = 50_000_000
+# entries of a convolution's blocks (one per cone of its input, ``conv_blocks``) past which the
+# stem ends before it
+BLOCKS_MAX = 4_000_000
 
 
 def pixel_cones(prob: "Problem", k: int) -> np.ndarray | None:
@@ -99,12 +102,46 @@ def stem_end(prob: "Problem", budget_rows: int) -> int:
     stop = min(net.cut + 1 if net.cut is not None else len(nodes), net.output)
     for j in range(1, stop):
         nd = nodes[j]
-        if j > 1 and (nd.kind == "linear" or nd.parents != [j - 1]):
+        if j > 1 and nd.parents != [j - 1]:
             break
-        if nd.size <= budget_rows or net.last_use[j] != j + 1 or cone_index(prob, j) is None:
+        if j > 1 and nd.kind == "linear" and not (isinstance(nd.mats[0], ConvOp) and conv_blocks(prob, j) is not None):
+            break
+        # (a max-pool's bounds take no pixel budget: it may be narrow)
+        if (nd.size <= budget_rows and nd.kind != "maxpool") or net.last_use[j] != j + 1 or cone_index(prob, j) is None:
             break
         end = j
     return end
+
+
+def conv_blocks(prob: "Problem", j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For node ``j``, a convolution of node ``p``: per pixel, which block is its (``[P]``), and
+    the blocks ``W[cone_j, cone_p]`` transposed with their absolute values (``[U, C_p, C_j]``
+    each), one per distinct cone at ``p``: the map from a free scalar's coefficients at ``p`` to
+    those at ``j``. Cached on the network; None where the blocks would exceed ``BLOCKS_MAX``."""
+    cache = prob.net.__dict__.setdefault("_conv_blocks", {})
+    key = (j, prob.P, prob.pixel.tobytes())
+    if key not in cache:
+        nd = prob.net.nodes[j]
+        p = nd.parents[0]
+        got_p, got_j = cone_index(prob, p), cone_index(prob, j)
+        if got_p is None or got_j is None:
+            cache[key] = None
+            return None
+        (idx_p, _), (idx_j, _) = got_p, got_j
+        cones, first, which = np.unique(idx_p, axis=0, return_index=True, return_inverse=True)
+        if cones.shape[0] * idx_p.shape[1] * idx_j.shape[1] > BLOCKS_MAX:
+            cache[key] = None
+            return None
+        d_p = prob.net.nodes[p].size
+        blocks = np.zeros((cones.shape[0], idx_p.shape[1], idx_j.shape[1]))
+        for u, (cone, pix) in enumerate(zip(cones, first)):
+            unit = np.zeros((cone.size, d_p + 1))
+            unit[np.arange(cone.size), cone] = 1.0  # the padding column is dropped below
+            out = apply_mat(unit[:, :d_p], nd.mats[0])  # [C_p, D_j]: the columns of W at the cone
+            at = idx_j[pix]
+            blocks[u] = np.where(at < nd.size, np.take_along_axis(out, np.minimum(at, nd.size - 1)[None, :].repeat(cone.size, 0), axis=1), 0.0)
+        cache[key] = (np.asarray(which).reshape(-1), blocks, np.abs(blocks))
+    return cache[key]
 
 
 def input_table(prob: "Problem", j: int) -> np.ndarray:
@@ -255,3 +292,29 @@ def pool_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dlo: np.nd
     out.up = np.where(out.at(over), 0.0, up)
     out.up0 = np.where(cone, np.where(over, ub, up0), xp.broadcast_to(clean_up, (b, d)))
     return out
+
+
+def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dev: ArrayBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Node ``j``'s (a convolution of the stem node before it) coefficient rows: each free
+    scalar's ``W cm`` and ``|W| cg`` over its cone (``cm``, ``cg``: the mid and half-gap of its
+    input coefficients, as ``boxes._forward`` forms them), and its cone lists."""
+    which, blocks, blocks_abs = conv_blocks(prob, j)  # type: ignore[misc]
+    idx, _ = cone_index(prob, j)  # type: ignore[misc]
+    pix = dev.put(prob.pixel)[S]  # [B, F]
+    b, f, c = rows.idx.shape
+    cm = 0.5 * (rows.lo + rows.up)
+    cg = 0.5 * (rows.up - rows.lo)
+    ids = dev.get(dev.put(which)[pix]).reshape(-1)
+    order = np.argsort(ids, kind="stable")
+    cuts = np.flatnonzero(np.diff(ids[order])) + 1
+    cmw = dev.xp.empty((b * f, blocks.shape[2]))
+    cgw = dev.xp.empty((b * f, blocks.shape[2]))
+    cm2, cg2 = cm.reshape(b * f, c), cg.reshape(b * f, c)
+    on_dev, on_dev_abs = dev.put(blocks), dev.put(blocks_abs)
+    # one product per distinct block in the batch (a scalar's pixel picks its block)
+    for grp in np.split(order, cuts):
+        u = int(ids[grp[0]])
+        g = dev.asarray(grp)
+        cmw[g] = cm2[g] @ on_dev[u]
+        cgw[g] = cg2[g] @ on_dev_abs[u]
+    return cmw.reshape(b, f, -1), cgw.reshape(b, f, -1), dev.put(idx)[pix]
