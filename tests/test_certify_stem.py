@@ -17,7 +17,7 @@ from l0tre_core.certify.boxes import Boxes, box_bounds, failing_rows
 from l0tre_core.certify.problem import Budget
 from l0tre_core.certify.search import problem_for
 from test_certify_soundness import _input_set
-from test_certify_support import build_cnn
+from test_certify_support import build_cnn, milp_min_margin
 
 ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo"
 
@@ -151,6 +151,18 @@ def test_stem_rows_equal_the_full_rows_on_small_cnns(kw: dict, monkeypatch: pyte
             for _ in range(10):
                 z = net.forward(boxes.points(prob, rng.uniform(boxes.dlo, boxes.dhi)))
                 assert (z[:, ref][:, None] - np.delete(z, ref, axis=1) >= lb - 1e-9).all()
+        if kw["act"] != "relu":  # (the MILP encodes ReLU networks)
+            continue
+        # a whole-range block of four pixels with a budget of 2: at most the MILP's minimum
+        pix = rng.choice(prob.P, 4, replace=False)
+        sc = np.concatenate([prob.pixel_scalars[p] for p in pix])
+        block = Boxes(sc[None], (prob.lo[sc] - x0[sc])[None], (prob.hi[sc] - x0[sc])[None], np.zeros(1, np.int64))
+        lb, _ = box_bounds(prob, block, ref, budget=2)
+        excluded = np.ones(prob.P, bool)
+        excluded[pix] = False
+        for col, k in enumerate(c for c in range(net.n_outputs) if c != ref):
+            truth, _ = milp_min_margin(net, case, x0, ref, k, 2, excluded=excluded)
+            assert lb[0, col] <= truth + 1e-6, (kw, seed, k, lb[0, col], truth)
 
 
 def test_failing_rows_lists_each_unproven_margin() -> None:

@@ -112,16 +112,18 @@ def _evaluate(clf: Any, data: Any, unit: str, max_t: int, certify_time: float, i
 def cone_paths() -> Iterator[None]:
     """Force the code paths wide networks take onto the harness's tiny ones: every convolution
     stays a ``ConvOp`` (so boxes are bounded over their cones, ``certify/boxes.py``), t = 1 uses
-    light ball bounds (``Problem.light``), and every undecided box goes through its own backward
-    pass (``certify/local.py``, off by default)."""
-    from l0tre_core.certify import local, network, search
+    light ball bounds (``Problem.light``), every undecided box goes through its own backward
+    pass (``certify/local.py``, off by default), and the first layers up to the cut are taken
+    over each free scalar's cone (``certify/stem.py``: every node counts as wide)."""
+    from l0tre_core.certify import boxes, local, network, search
 
-    saved = network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH
-    network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH = 0, 0, True, float("inf")
+    saved = network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH, boxes.BUDGET_ROWS
+    network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH, boxes.BUDGET_ROWS = (
+        0, 0, True, float("inf"), 0)
     try:
         yield
     finally:
-        network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH = saved
+        network.DENSE_CONV_MAX, search.LIGHT_WIDTH, local.ENABLED, local.REACH, boxes.BUDGET_ROWS = saved
 
 
 @contextlib.contextmanager
@@ -374,14 +376,29 @@ def test_sound_certificates_hold(family: str, seed: int, workdir: Path, host: An
 
 # networks with convolutions, run again with the cone paths forced (``cone_paths``)
 CONE_NETWORKS = [("cnn", 0), ("cnn", 1), ("cnn", 16), ("residual", 0), ("residual", 8), ("feature", 3), ("feature", 12)]
+# those whose first layer stays a convolution of the input (the others fold a layout or a
+# normalisation into a dense one): their boxes go through the stem (``certify/stem.py``)
+STEM_NETWORKS = {("residual", 0), ("feature", 3)}
 
 
 @pytest.mark.parametrize("family,seed", CONE_NETWORKS, ids=[f"{f}-{s}" for f, s in CONE_NETWORKS])
 def test_sound_certificates_hold_on_cone_paths(family: str, seed: int, tmp_path: Path, host: Any) -> None:
-    from l0tre_core.certify import boxes
+    from l0tre_core.certify import boxes, stem
 
     assert boxes.CONES
-    res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cones=True)
+    stems = []
+    real = stem.input_rows
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        stems.append(1)
+        return real(*args, **kw)
+
+    stem.input_rows = spy
+    try:
+        res = check_network(family, seed, tmp_path, host=host, input_time=CI_INPUT_SECONDS, cones=True)
+    finally:
+        stem.input_rows = real
+    assert stems or (family, seed) not in STEM_NETWORKS, "no box went through the stem"
     if res.findings:
         pytest.fail(f"{len(res.findings)} broken guarantee(s) on {res.spec} (cone paths):\n"
                     + "\n".join(f.reproducer() for f in res.findings), pytrace=False)
