@@ -230,8 +230,8 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     its own terms hold for it).
     With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
     the cone: outside it every value is the clean input's float32 value, which the clean box's
-    bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered (or its values
-    over each scalar's cone and their ``stem.ConeRows``)."""
+    bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered
+    (or, from the stem, its values over each scalar's cone and their ``stem.ConeRows``)."""
     ball = dev.put(prob.rounding(j))
     if ball is None:
         return None

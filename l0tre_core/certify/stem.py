@@ -1,12 +1,14 @@
-"""The stem: a box's forward-mode rows through the network's first wide layers (a convolution of
-the input, then activations and max-pools), kept over each free scalar's own cone.
+"""The stem: a box's forward-mode rows through the network's first layers up to the dense head (a
+convolution of the input, then activations, max-pools and convolutions in a chain), kept over each
+free scalar's own cone.
 
 A free scalar's coefficient in a neuron's rows is zero wherever the scalar's pixel does not reach
 (``pixel_cones``): a few dozen neurons of a convolution's thousands. ``ConeRows`` holds each
 scalar's coefficients there only (``[B, F, C]``) and the rows' constants in full (``[B, D]``), so
-a block of F pixels costs about ``F C + D`` per node instead of ``F D``. ``boxes._forward`` takes
-the stem this way and the rows in full from its last node on; the rows, and so every bound, are
-the ones it computes in full (``tests/test_certify_stem.py``).
+a block of F pixels costs about ``F C + D`` per node instead of ``F D``; a convolution maps a
+scalar's coefficients by one dense block per cone of its input (``conv_blocks``).
+``boxes._forward`` takes the stem this way and the rows in full from its last node on; the rows,
+and so every bound, are the ones it computes in full (``tests/test_certify_stem.py``).
 """
 
 from __future__ import annotations
@@ -104,10 +106,10 @@ def stem_end(prob: "Problem", budget_rows: int) -> int:
         nd = nodes[j]
         if j > 1 and nd.parents != [j - 1]:
             break
-        if j > 1 and nd.kind == "linear" and not (isinstance(nd.mats[0], ConvOp) and conv_blocks(prob, j) is not None):
+        if j > 1 and nd.kind == "linear" and not (isinstance(nd.mats[0], ConvOp) and conv_blocks(prob, j)):
             break
-        # (a max-pool's bounds take no pixel budget: it may be narrow)
-        if (nd.size <= budget_rows and nd.kind != "maxpool") or net.last_use[j] != j + 1 or cone_index(prob, j) is None:
+        narrow = nd.size <= budget_rows and nd.kind != "maxpool"  # (a max-pool's bounds take no budget)
+        if narrow or net.last_use[j] != j + 1 or cone_index(prob, j) is None:
             break
         end = j
     return end
@@ -139,7 +141,7 @@ def conv_blocks(prob: "Problem", j: int) -> tuple[np.ndarray, np.ndarray, np.nda
             unit[np.arange(cone.size), cone] = 1.0  # the padding column is dropped below
             out = apply_mat(unit[:, :d_p], nd.mats[0])  # [C_p, D_j]: the columns of W at the cone
             at = idx_j[pix]
-            blocks[u] = np.where(at < nd.size, np.take_along_axis(out, np.minimum(at, nd.size - 1)[None, :].repeat(cone.size, 0), axis=1), 0.0)
+            blocks[u] = np.where(at < nd.size, out[:, np.minimum(at, nd.size - 1)], 0.0)
         cache[key] = (np.asarray(which).reshape(-1), blocks, np.abs(blocks))
     return cache[key]
 
@@ -159,7 +161,8 @@ def input_table(prob: "Problem", j: int) -> np.ndarray:
         for s in range(0, n, step):  # the dense columns a few at a time (W^T may be large)
             cols = nd.input_cols(0, np.arange(s, min(n, s + step)))  # [m, D]
             part = at[s : s + step]
-            table[s : s + step] = np.where(part < nd.size, np.take_along_axis(cols, np.minimum(part, nd.size - 1), axis=1), 0.0)
+            got = np.take_along_axis(cols, np.minimum(part, nd.size - 1), axis=1)
+            table[s : s + step] = np.where(part < nd.size, got, 0.0)
         cache[key] = table
     return cache[key]
 
@@ -294,7 +297,8 @@ def pool_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dlo: np.nd
     return out
 
 
-def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dev: ArrayBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray,
+              dev: ArrayBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Node ``j``'s (a convolution of the stem node before it) coefficient rows: each free
     scalar's ``W cm`` and ``|W| cg`` over its cone (``cm``, ``cg``: the mid and half-gap of its
     input coefficients, as ``boxes._forward`` forms them), and its cone lists."""
