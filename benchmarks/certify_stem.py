@@ -10,33 +10,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-import onnx
+from certify_budget import mnist_problem, zoo_mnist
 
-from l0tre_core.certify import InputSet, Network, certify, stem
+from l0tre_core.certify import InputSet, certify, stem
 from l0tre_core.certify import boxes as bx
 from l0tre_core.certify.boxes import Boxes
-from l0tre_core.certify.problem import Problem
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> tuple[Network, np.ndarray, np.ndarray]:
-    model = onnx.load(str(ROOT / "benchmarks" / "zoo" / f"{name}.onnx"))
-    net = Network.from_onnx(model, model.graph.input[0].name, model.graph.output[0].name, (1, 28, 28))
-    d = np.load(ROOT / "l0tre_core" / "demo" / "mnist_heldout_500.npz")
-    x = d["x"].reshape(len(d["x"]), -1).astype(np.float64) / 255
-    keep = np.flatnonzero(net.forward(x).argmax(1) == d["y"])
-    return net, x[keep], d["y"][keep]
 
 
 def blocks(name: str, sizes: list[int], batch: int, reps: int) -> None:
-    net, xs, ys = _load(name)
+    net, xs, ys = zoo_mnist(name)
     x, ref = xs[3], int(ys[3])
-    prob = Problem(net, x, np.zeros(784), np.ones(784), np.arange(784), 784)
-    prob.prepare_float32(2)
+    prob = mnist_problem(net, x, 2)
     print(f"{name}: the stem ends at node {stem.stem_end(prob, bx.BUDGET_ROWS)} (cut {net.cut})")
     rng = np.random.default_rng(0)
     for f in sizes:
@@ -55,7 +41,7 @@ def blocks(name: str, sizes: list[int], batch: int, reps: int) -> None:
 
 
 def covers(name: str, images: list[int], limit: float) -> None:
-    net, xs, ys = _load(name)
+    net, xs, ys = zoo_mnist(name)
     total = {False: 0.0, True: 0.0}
     for i in images:
         inputs = InputSet(x0=xs[i], lo=np.zeros(784), hi=np.ones(784), pixel=np.arange(784), n_pixels=784)

@@ -41,28 +41,30 @@ def pixel_cones(prob: "Problem", k: int) -> np.ndarray | None:
     network and the pixel map only, not on the input: cached on the network (0.1 s per input on
     the max-pool CNN otherwise). None where the map would exceed ``CONES_MAX`` entries."""
     cache = prob.net.__dict__.setdefault("_pixel_cones", {})
-    key = (k, prob.P, prob.pixel.tobytes())
-    if key not in cache:
+    pixels = (prob.P, prob.pixel.tobytes())
+    if (k, pixels) not in cache:
         nodes = prob.net.nodes
         if prob.P * sum(nd.size for nd in nodes[: k + 1]) > CONES_MAX:
-            cache[key] = None
+            cache[(k, pixels)] = None
             return None
-        reach: dict[int, np.ndarray] = {0: np.zeros((prob.P, nodes[0].size), dtype=bool)}
-        reach[0][prob.pixel, np.arange(prob.pixel.size)] = True
-        for j in range(1, k + 1):
+        reach = np.zeros((prob.P, nodes[0].size), dtype=bool)
+        reach[prob.pixel, np.arange(prob.pixel.size)] = True
+        cache[(0, pixels)] = reach
+        for j in range(1, k + 1):  # each node's cones kept: the stem asks for them node by node
+            if (j, pixels) in cache:
+                continue
             nd = nodes[j]
             if nd.kind == "linear":
                 r = np.zeros((prob.P, nd.size), dtype=bool)
                 for i, p in enumerate(nd.parents):
                     m = nd.mat_abs(i)
-                    r |= reach[p] if m is None else apply_mat(reach[p].astype(np.float64), m) > 0
+                    r |= cache[(p, pixels)] if m is None else apply_mat(cache[(p, pixels)].astype(np.float64), m) > 0
             elif nd.kind == "maxpool":
-                r = pool_values(reach[nd.parents[0]], nd, False).any(axis=-1)
+                r = pool_values(cache[(nd.parents[0], pixels)], nd, False).any(axis=-1)
             else:  # elementwise
-                r = reach[nd.parents[0]]
-            reach[j] = r
-        cache[key] = reach[k]
-    return cache[key]
+                r = cache[(nd.parents[0], pixels)]
+            cache[(j, pixels)] = r
+    return cache[(k, pixels)]
 
 
 def cone_index(prob: "Problem", k: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -90,9 +92,10 @@ def cone_index(prob: "Problem", k: int) -> tuple[np.ndarray, np.ndarray] | None:
 
 def stem_end(prob: "Problem", budget_rows: int) -> int:
     """The last node of the stem (0: none): node 1 a convolution of the input alone, then nodes
-    that each read only the one before, activations or max-pools, each wider than
-    ``budget_rows`` (a narrower node's bounds take a pixel budget, which the stem does not), each
-    read by the next node only, up to the network's cut (its rows are then in full), before the output."""
+    that each read only the one before and are read by the next only: activations, max-pools and
+    convolutions whose blocks fit (``conv_blocks``). It ends before a node at most ``budget_rows``
+    wide other than a max-pool (its bounds take a pixel budget, which the stem does not), and at
+    the network's cut at the latest (its rows are then in full)."""
     net = prob.net
     nodes = net.nodes
     if not ENABLED or len(nodes) < 3:
