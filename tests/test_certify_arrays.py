@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from l0tre_core.certify import InputSet, Network, certify, network
-from l0tre_core.certify.arrays import NUMPY, STRICT, ArrayBackend, cupy_backend
+from l0tre_core.certify.arrays import NUMPY, STRICT, ArrayBackend, add_at, cupy_backend
 from l0tre_core.certify.boxes import Boxes, box_bounds
 from l0tre_core.certify.search import problem_for
 from test_certify_soundness import _input_set
@@ -173,3 +173,21 @@ def test_the_engine_certifies_on_the_gpu_when_its_kernels_are_cupys(monkeypatch:
     monkeypatch.setattr(arrays, "cupy_backend", lambda: STRICT)
     assert certifier._arrays_for(CupyKernels()) is STRICT
     assert certifier._arrays_for(NumpyKernels()) is None
+
+
+@pytest.mark.parametrize("backend", [NUMPY, STRICT], ids=["numpy", "strict"])
+def test_add_at_adds_repeated_and_negative_indices_as_np_add_at(backend: ArrayBackend) -> None:
+    """``add_at`` (a weighted bincount on the host) is ``np.add.at``: repeated indices add up,
+    negative ones count from the end, other dtypes and index forms take ``np.add.at`` itself."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 3, 50))
+    idx = (rng.integers(0, 4, (7, 9)), rng.integers(-3, 3, (7, 9)), rng.integers(0, 50, (7, 9)))
+    v = rng.normal(size=(7, 9))
+    want = a.copy()
+    np.add.at(want, idx, v)
+    got = backend.asarray(a.copy())
+    add_at(got, tuple(backend.asarray(i) for i in idx), backend.asarray(v))
+    np.testing.assert_allclose(backend.get(got), want, rtol=0, atol=1e-14)
+    counts = np.zeros(5, dtype=np.int64)
+    add_at(counts, (np.array([1, 1, 4]),), np.array([2, 3, 1]))
+    assert counts.tolist() == [0, 5, 0, 0, 1]

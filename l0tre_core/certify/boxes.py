@@ -220,7 +220,7 @@ def _over_clean(full: np.ndarray, part: np.ndarray, b: int, bi: np.ndarray, ci: 
 def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real: np.ndarray, dlo: np.ndarray,
                   dhi: np.ndarray, cone: dict[int, np.ndarray], clean: dict[str, Any] | None,
                   inside_ball: bool = True, input_abs: dict[int, Any] | None = None,
-                  dev: ArrayBackend = NUMPY) -> np.ndarray | None:
+                  dev: ArrayBackend = NUMPY, local_abs: dict[int, np.ndarray] | None = None) -> np.ndarray | None:
     """``[B, D_j]``: the float32 rounding of linear node ``j`` over each box, from the box's own
     bounds on the node's inputs (float32-valid: they include every earlier node's rounding).
 
@@ -231,7 +231,9 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
     With ``clean``, a convolution's ``|W| |v|`` is the clean box's image plus the difference over
     the cone: outside it every value is the clean input's float32 value, which the clean box's
     bounds contain. ``input_abs``: per input parent of the node, ``|W[:, S]|`` already gathered
-    (or, from the stem, its values over each scalar's cone and their ``stem.ConeRows``)."""
+    (or, from the stem, its values over each scalar's cone and their ``stem.ConeRows``).
+    ``local_abs``: per convolution parent, ``|W|`` of the magnitudes' difference from the clean
+    box's, already formed (``_stem_conv``)."""
     ball = dev.put(prob.rounding(j))
     if ball is None:
         return None
@@ -273,8 +275,11 @@ def _box_rounding(prob: Problem, j: int, bounds: list[Any], S: np.ndarray, real:
             elif clean is not None and isinstance(w, ConvOp) and p in cone:
                 if (j, i) not in clean["magw"]:
                     clean["magw"][(j, i)] = nd.mat_abs(i).apply(clean["mag"][p][None])[0]
-                diff = np.where(cone[p], mag - dev.put(clean["mag"][p])[None], 0.0)
-                loc, _ = nd.mat_abs(i).apply_local(diff, cone[p])
+                if local_abs is not None and i in local_abs:
+                    loc = local_abs[i]
+                else:
+                    diff = np.where(cone[p], mag - dev.put(clean["mag"][p])[None], 0.0)
+                    loc, _ = nd.mat_abs(i).apply_local(diff, cone[p])
                 term = loc.reshape(b, -1) + dev.put(clean["magw"][(j, i)])[None]
             else:
                 term = apply_mat(mag, nd.mat_abs(i))
@@ -379,21 +384,28 @@ def _stem_conv(prob: Problem, j: int, S: np.ndarray, real: np.ndarray, dlo: np.n
                eps_box: dict[int, np.ndarray], row_lo: dict[int, np.ndarray], row_up: dict[int, np.ndarray],
                clean: dict[str, Any], inside_ball: bool, dev: ArrayBackend) -> None:
     """``_forward`` on node ``j``, a convolution inside the stem: the coefficient rows per free
-    scalar by its pixel's block (``stem.conv_rows``), the constant rows and the interval by the
-    clean box's images plus the convolution over the box's cone (``_conv_terms``)."""
+    scalar by its pixel's block (``stem.conv_rows``); the constant rows, the interval and the
+    float32 magnitudes as the clean box's images plus their differences over the box's cone, which
+    the same blocks map (as ``_conv_terms`` and ``_box_rounding`` form them over a window)."""
     nd = prob.net.nodes[j]
     p = nd.parents[0]
     rows: stem.ConeRows = L[p]
     il, iu = bounds[p]
-    cmw, cgw, at = stem.conv_rows(prob, j, rows, S, dev)
     mid = 0.5 * np.stack([rows.lo0 + rows.up0, il + iu], axis=1)
     gap = 0.5 * np.stack([rows.up0 - rows.lo0, iu - il], axis=1)
-    none = dev.xp.zeros((S.shape[0], 0, rows.size))
-    _, _, mw, rw, cone[j] = _conv_terms(nd, 0, j, p, none, none, mid, gap, cone[p], clean, dev)
+    mag = np.maximum(np.abs(il), np.abs(iu))
+    inside = cone[p][:, None, :]
+    dmid = np.where(inside, mid - dev.put(clean["mid"][p])[None], 0.0)
+    dgap = np.where(inside, gap - dev.put(clean["gap"][p])[None], 0.0)
+    dmag = np.where(inside, mag[:, None, :] - dev.put(clean["mag"][p])[None, None, :], 0.0)
+    cmw, cgw, at, lw, la, cone[j] = stem.conv_rows(prob, j, rows, S, real, dev, dmid,
+                                                   np.concatenate([dgap, dmag], axis=1))
+    w_mid, w_gap = (dev.put(v) for v in clean_images(clean, nd, j, 0))
+    mw, rw = lw + w_mid[None], la[:, :2] + w_gap[None]
     bias = dev.put(nd.bias)
     lo0, up0 = bias + (mw[:, 0] - rw[:, 0]), bias + (mw[:, 0] + rw[:, 0])
     cen, rad = bias + mw[:, 1], rw[:, 1]
-    eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, None, dev)
+    eps = _box_rounding(prob, j, bounds, S, real, dlo, dhi, cone, clean, inside_ball, None, dev, {0: la[:, 2]})
     if eps is not None:
         eps_box[j] = eps
         lo0, up0, rad = lo0 - eps, up0 + eps, rad + eps

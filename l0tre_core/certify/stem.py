@@ -286,11 +286,22 @@ def pool_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dlo: np.nd
     lo0 = np.take_along_axis(rows.lo0, istar, axis=1)
     # upper: slope-weighted sum of the window's upper rows
     win = dev.put(nd.pool_idx)  # [D, K] (padding -1: slope 0)
-    wins = win[np.minimum(at, d - 1)]  # [B, F, C, K]
-    w_slope = np.take_along_axis(slope, safe[:, :, None], axis=1).reshape(b, f, c, -1)
-    up = (w_slope * parent_coef(rows.up, np.where(wins < 0, rows.size, wins))).sum(axis=-1)
+    if int((slope != 0).sum(axis=-1).max(initial=0)) <= 1:
+        # the relaxation frees at most one input of each window (``pool_relax_windows``): its row
+        # alone, not the window's K rows with K - 1 zero slopes
+        k = np.argmax(slope, axis=-1)[:, :, None]  # [B, D, 1]
+        s1 = np.take_along_axis(slope, k, axis=-1)[:, :, 0]
+        src = np.take_along_axis(np.broadcast_to(win, slope.shape), k, axis=-1)[:, :, 0]
+        src = np.where(s1 != 0, src, rows.size)  # (no free input: the padding neuron, coefficient 0)
+        up0 = s1 * np.take_along_axis(rows.up0, np.minimum(src, rows.size - 1), axis=1) + off
+        up = np.take_along_axis(s1, safe, axis=1).reshape(b, f, c) * parent_coef(
+            rows.up, np.take_along_axis(src, safe, axis=1).reshape(b, f, c))
+    else:
+        wins = win[np.minimum(at, d - 1)]  # [B, F, C, K]
+        w_slope = np.take_along_axis(slope, safe[:, :, None], axis=1).reshape(b, f, c, -1)
+        up = (w_slope * parent_coef(rows.up, np.where(wins < 0, rows.size, wins))).sum(axis=-1)
+        up0 = (slope * pool_values(rows.up0, nd, 0.0)).sum(axis=-1) + off
     up = np.where(real, up, 0.0)
-    up0 = (slope * pool_values(rows.up0, nd, 0.0)).sum(axis=-1) + off
     mid, half = 0.5 * (dlo + dhi), 0.5 * (dhi - dlo)
     out = ConeRows(at, lo, up, lo0, up0)
     top = up0 + out.scatter(np.abs(up) * half[:, :, None] + up * mid[:, :, None])
@@ -300,28 +311,75 @@ def pool_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dlo: np.nd
     return out
 
 
-def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray,
-              dev: ArrayBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Node ``j``'s (a convolution of the stem node before it) coefficient rows: each free
+def owned(prob: "Problem", p: int, S: np.ndarray, real: np.ndarray, dev: ArrayBackend) -> tuple[np.ndarray, np.ndarray]:
+    """Each free scalar's cone at node ``p`` as neuron lists ``at [B, F, C]`` (padding: ``D_p``),
+    and which entries it owns ``[B, F, C]``: a neuron that several of a box's scalars reach
+    belongs to the first of them only (so a row over the box's cone is the sum of its owned parts)."""
+    idx, _ = cone_index(prob, p)  # type: ignore[misc]
+    d = prob.net.nodes[p].size
+    xp = dev.xp
+    at = np.where(real[:, :, None], dev.put(idx)[dev.put(prob.pixel)[S]], d)
+    b = at.shape[0]
+    keys = (xp.arange(b)[:, None, None] * (d + 1) + at).reshape(-1)
+    order = xp.argsort(keys, kind="stable")
+    first = xp.ones(keys.size, dtype=bool)
+    first[order[1:]] = keys[order[1:]] != keys[order[:-1]]
+    return at, first.reshape(at.shape) & (at < d)
+
+
+def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, real: np.ndarray, dev: ArrayBackend,
+              through: np.ndarray, through_abs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Node ``j``'s (a convolution of the stem node ``p`` before it) coefficient rows: each free
     scalar's ``W cm`` and ``|W| cg`` over its cone (``cm``, ``cg``: the mid and half-gap of its
-    input coefficients, as ``boxes._forward`` forms them), and its cone lists."""
+    input coefficients, as ``boxes._forward`` forms them), and its cone lists; and ``W through``,
+    ``|W| through_abs`` for rows ``[B, R, D_p]`` that are zero outside the box's cone at ``p``
+    (differences from the clean box), each box's ``[B, R, D_j]``, by the same blocks: each part a
+    scalar owns (``owned``) goes through its block. Last, the box's cone at ``j`` (the union of
+    its scalars' cones, ``[B, D_j]``)."""
     which, blocks, blocks_abs = conv_blocks(prob, j)  # type: ignore[misc]
+    nd = prob.net.nodes[j]
+    p = nd.parents[0]
     idx, _ = cone_index(prob, j)  # type: ignore[misc]
+    xp = dev.xp
     pix = dev.put(prob.pixel)[S]  # [B, F]
     b, f, c = rows.idx.shape
+    d, d_p = nd.size, prob.net.nodes[p].size
+    at_p, own = owned(prob, p, S, real, dev)
+
+    def parts(v: np.ndarray) -> np.ndarray:  # [B, R, D_p] -> each scalar's owned part [B*F, R, C]
+        r = v.shape[1]
+        pad = xp.concatenate([v, xp.zeros((b, r, 1))], axis=2)
+        got = np.take_along_axis(pad, np.broadcast_to(at_p.reshape(b, 1, f * c), (b, r, f * c)), axis=2)
+        got = got.reshape(b, r, f, c) * own[:, None]
+        return np.moveaxis(got, 1, 2).reshape(b * f, r, c)
+
     cm = 0.5 * (rows.lo + rows.up)
     cg = 0.5 * (rows.up - rows.lo)
+    xw = xp.concatenate([cm.reshape(b * f, 1, c), parts(through)], axis=1)  # [B*F, 1+R, C]
+    xa = xp.concatenate([cg.reshape(b * f, 1, c), parts(through_abs)], axis=1)
     ids = dev.get(dev.put(which)[pix]).reshape(-1)
     order = np.argsort(ids, kind="stable")
     cuts = np.flatnonzero(np.diff(ids[order])) + 1
-    cmw = dev.xp.empty((b * f, blocks.shape[2]))
-    cgw = dev.xp.empty((b * f, blocks.shape[2]))
-    cm2, cg2 = cm.reshape(b * f, c), cg.reshape(b * f, c)
+    yw = xp.empty(xw.shape[:2] + (blocks.shape[2],))
+    ya = xp.empty(xa.shape[:2] + (blocks.shape[2],))
     on_dev, on_dev_abs = dev.put(blocks), dev.put(blocks_abs)
     # one product per distinct block in the batch (a scalar's pixel picks its block)
     for grp in np.split(order, cuts):
         u = int(ids[grp[0]])
         g = dev.asarray(grp)
-        cmw[g] = cm2[g] @ on_dev[u]
-        cgw[g] = cg2[g] @ on_dev_abs[u]
-    return cmw.reshape(b, f, -1), cgw.reshape(b, f, -1), dev.put(idx)[pix]
+        yw[g] = xw[g] @ on_dev[u]
+        ya[g] = xa[g] @ on_dev_abs[u]
+    at = dev.put(idx)[pix]  # [B, F, C_j]
+
+    def summed(y: np.ndarray) -> np.ndarray:  # [B*F, R, C_j] -> per box [B, R, D_j]
+        r = y.shape[1]
+        out = xp.zeros((b, r, d + 1))
+        bb = xp.broadcast_to(xp.arange(b)[:, None, None, None], (b, f, r, at.shape[2]))
+        rr = xp.broadcast_to(xp.arange(r)[None, None, :, None], bb.shape)
+        add_at(out, (bb, rr, xp.broadcast_to(at[:, :, None, :], bb.shape)), y.reshape(b, f, r, -1))
+        return out[:, :, :d]
+
+    cone = xp.zeros((b, d + 1), dtype=bool)
+    cone[xp.broadcast_to(xp.arange(b)[:, None, None], at.shape), np.where(real[:, :, None], at, d)] = True
+    return (yw[:, 0].reshape(b, f, -1), ya[:, 0].reshape(b, f, -1), at, summed(yw[:, 1:]), summed(ya[:, 1:]),
+            cone[:, :d])
