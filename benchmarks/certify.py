@@ -2,6 +2,7 @@
 
     nice -n 5 python benchmarks/certify.py [--n 20] [--models NAME ...] [--out FILE.json]
     python benchmarks/certify.py --table FILE.json           # the Markdown table of a saved run
+    python benchmarks/certify.py --table FILE.json --truth 120   # its undecided inputs again, 120 s each
 
 For every zoo model and every t of its plan, the first ``--n`` held-out inputs the model classifies
 correctly go through the engine as a user runs it (``l0tre robustness MODEL --data D --lower auto
@@ -18,6 +19,10 @@ onnxruntime. Per input, at level t:
 Seconds are the engine's per-input time (all levels up to t, sweep and certificate). MNIST models
 read t10k 8000+ (held out from training); the 3x32x32 ResNets read Fashion-MNIST test images
 (benchmarks/zoo/fashion32_test_200.npz), with the normalisation from their model card.
+
+``--truth S`` takes the inputs a saved run left undecided through the engine again with S seconds
+each and adds them to the file: the covering search at t >= 2 is complete, so with the time it
+says which of them are robust, the share a complete method shows, beside the rows' proven share.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,28 +68,39 @@ def status_at(state: object, t: int) -> str:
     return "unknown"
 
 
-def run_model(name: str, n: int, plan: list[tuple[int, float]]) -> list[dict[str, object]]:
-    from l0tre_core import Budget, Dataset, evaluate, load_data, load_model
+def load(name: str) -> tuple[Any, Any]:
+    """A zoo model and its data pool."""
+    from l0tre_core import load_data, load_model
 
     clf = load_model(ZOO / f"{name}.onnx", device="cpu")
     data_path = FASHION_DATA if name.startswith("fmnist") else MNIST_DATA
-    pool = load_data(data_path, clf.geometry, tuple(clf.card.range))
-    pred = clf.predict(pool.x)
-    keep = np.flatnonzero(pred == pool.y)[:n]
+    return clf, load_data(data_path, clf.geometry, tuple(clf.card.range))
+
+
+def run(clf: Any, pool: Any, keep: np.ndarray, t: int, limit: float) -> tuple[list[str], list[float], float]:
+    """The engine on the inputs ``keep`` of ``pool`` up to level ``t``, ``limit`` seconds each: each
+    input's status at ``t``, its seconds, and the wall time."""
+    from l0tre_core import Budget, Dataset, evaluate
+
+    subset = Dataset(pool.x[keep], pool.y[keep], pool.index[keep], pool.source, pool.sample_shape, pool.layout)
+    started = time.perf_counter()
+    result = evaluate(clf, subset, budget=Budget(max_t=t, input_time_limit=limit, certify_time=limit),
+                      lower="auto", upper=["none"], device="cpu")
+    wall = time.perf_counter() - started
+    return [status_at(s, t) for s in result.samples], [float(s.seconds) for s in result.samples], wall
+
+
+def run_model(name: str, n: int, plan: list[tuple[int, float]]) -> list[dict[str, object]]:
+    clf, pool = load(name)
+    keep = np.flatnonzero(clf.predict(pool.x) == pool.y)[:n]
     rows = []
     for t, limit in plan:
-        subset = Dataset(pool.x[keep], pool.y[keep], pool.index[keep], pool.source, pool.sample_shape, pool.layout)
-        started = time.perf_counter()
-        result = evaluate(clf, subset, budget=Budget(max_t=t, input_time_limit=limit, certify_time=limit),
-                          lower="auto", upper=["none"], device="cpu")
-        wall = time.perf_counter() - started
-        statuses = [status_at(s, t) for s in result.samples]
-        secs = [float(s.seconds) for s in result.samples]
+        statuses, secs, wall = run(clf, pool, keep, t, limit)
         row = {"model": name, "t": t, "limit": limit, "n": len(statuses),
                "proven": statuses.count("proven"), "refuted": statuses.count("refuted"),
                "band": statuses.count("band"), "unknown": statuses.count("unknown"),
                "median_s": statistics.median(secs) if secs else None, "max_s": max(secs) if secs else None,
-               "wall_s": wall, "inputs": [int(i) for i in subset.index], "statuses": statuses, "seconds": secs}
+               "wall_s": wall, "inputs": [int(i) for i in pool.index[keep]], "statuses": statuses, "seconds": secs}
         print(f"{name} t={t}: {row['proven']} proven, {row['refuted']} refuted, {row['band']} band, "
               f"{row['unknown']} unknown of {row['n']}; median {row['median_s']:.2f} s, max {row['max_s']:.2f} s",
               flush=True)
@@ -102,6 +119,37 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def truth(rows: list[dict[str, object]], limit: float) -> list[dict[str, object]]:
+    """The inputs a saved run left undecided (unknown or band), through the engine again with
+    ``limit`` seconds each: the covering search is complete, so given the time it tells how many
+    of them are robust at t, and what the rows' proven share leaves out."""
+    out: list[dict[str, object]] = []
+    for r in rows:
+        undecided = [int(i) for i, s in zip(r["inputs"], r["statuses"]) if s in ("unknown", "band")]  # type: ignore[call-overload]
+        if not undecided:
+            continue
+        clf, pool = load(str(r["model"]))
+        keep = np.flatnonzero(np.isin(pool.index, undecided))
+        statuses, secs, _ = run(clf, pool, keep, int(r["t"]), limit)  # type: ignore[call-overload]
+        row = {"model": r["model"], "t": r["t"], "limit": limit, "inputs": [int(i) for i in pool.index[keep]],
+               "statuses": statuses, "seconds": secs}
+        print(f"{r['model']} t={r['t']}, {len(keep)} undecided at {r['limit']:.0f} s, with {limit:.0f} s: "
+              + ", ".join(f"{s} {x:.1f} s" for s, x in zip(statuses, secs)), flush=True)
+        out.append(row)
+    return out
+
+
+def truth_table(rows: list[dict[str, object]]) -> str:
+    lines = ["| model | t | limit s | undecided before | proven | refuted | band | unknown | seconds each |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        st: list[str] = r["statuses"]  # type: ignore[assignment]
+        secs = ", ".join(f"{x:.1f}" for x in r["seconds"])  # type: ignore[attr-defined]
+        lines.append(f"| `{r['model']}` | {r['t']} | {r['limit']:.0f} | {len(st)} | {st.count('proven')} | "
+                     f"{st.count('refuted')} | {st.count('band')} | {st.count('unknown')} | {secs} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="correctly classified inputs per model")
@@ -109,9 +157,19 @@ def main() -> None:
     parser.add_argument("--t", type=int, nargs="*", help="only these t")
     parser.add_argument("--out", type=Path, help="save the rows as JSON")
     parser.add_argument("--table", type=Path, help="print the table of a saved run and exit")
+    parser.add_argument("--truth", type=float, metavar="SECONDS",
+                        help="with --table: run the saved run's undecided inputs again, SECONDS each")
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text())["rows"]))
+        saved = json.loads(args.table.read_text())
+        if args.truth is None:
+            print(table(saved["rows"]))
+            if saved.get("truth"):
+                print("\n" + truth_table(saved["truth"]))
+            return
+        saved["truth"] = truth(saved["rows"], args.truth)
+        print(truth_table(saved["truth"]))
+        args.table.write_text(json.dumps(saved, indent=1) + "\n", encoding="utf-8")
         return
     rows: list[dict[str, object]] = []
     for name in args.models or list(PLAN):

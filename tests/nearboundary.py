@@ -51,6 +51,7 @@ FAMILIES = {
     "sigmoid_out": "a final Sigmoid over huge logits (float32 saturation ties)",
     "fp16": "a Cast to FLOAT16 and back inside the graph",
     "bn9": "opset 9, a BatchNormalization on constants (epsilon != 1e-5) added to a layer",
+    "stem": "Conv, ReLU, MaxPool, Conv, ReLU in a chain before the dense head (the stem's convolution step)",
 }
 
 
@@ -478,6 +479,11 @@ def draw_spec(family: str, seed: int) -> Spec:
         inp = pick(["nchw3", "nhwc3"])
         unit = "feature"
         options.update(k=3, stride=2, pad=1, filters=2, bn=False, pool=None, pool_pad=0)
+    elif family == "stem":
+        inp = pick(["nchw1", "nchw3"])  # (a layout or a normalisation in the graph folds the first layer)
+        norm = pick(["none", "outside"])
+        acts = ["relu", "relu"]
+        options.update(filters=int(pick([2, 3])), filters2=int(pick([2, 3])))
     elif family == "logits1024":
         offset = 1024.0
         options["layers"] = int(pick([1, 2]))
@@ -523,8 +529,12 @@ def _body(b: Builder, spec: Spec, x: str, bias_shift: np.ndarray | None) -> str:
     fam = spec.family
     k = spec.classes
     acts = spec.acts
-    if spec.layout in ("nchw", "nhwc") and fam in ("cnn", "residual", "feature"):
-        if fam == "residual":
+    if spec.layout in ("nchw", "nhwc") and fam in ("cnn", "residual", "feature", "stem"):
+        if fam == "stem":  # 4x4 -> conv 4x4 -> max-pool 2x2 -> conv 2x2
+            h = b.act(b.conv(x, o["filters"], 3, 1, 1, center=o["center"], big=o["big"]), "relu")
+            h = b.maxpool(h, 2, 2, 0)
+            h = b.act(b.conv(h, o["filters2"], 3, 1, 1), "relu")
+        elif fam == "residual":
             f = o["filters"]
             h = b.act(b.conv(x, f, 3, 2, 1, center=o["center"], big=o["big"]), acts[0])  # [f, 2, 2]
             br = b.act(b.conv(h, f, 3, 1, 1), acts[1])
