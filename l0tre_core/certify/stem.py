@@ -343,7 +343,7 @@ def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, real: np.n
     xp = dev.xp
     pix = dev.put(prob.pixel)[S]  # [B, F]
     b, f, c = rows.idx.shape
-    d, d_p = nd.size, prob.net.nodes[p].size
+    d = nd.size
     at_p, own = owned(prob, p, S, real, dev)
 
     def parts(v: np.ndarray) -> np.ndarray:  # [B, R, D_p] -> each scalar's owned part [B*F, R, C]
