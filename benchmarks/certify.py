@@ -108,29 +108,35 @@ def run_model(name: str, n: int, plan: list[tuple[int, float]]) -> list[dict[str
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| model | t | limit s | n | proven | refuted | band | unknown | decided % | median s | max s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(head: list[str], lines: list[list[object]]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(out + ["| " + " | ".join(str(v) for v in line) + " |" for line in lines])
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = []
     for r in rows:
-        n = int(r["n"])  # type: ignore[arg-type]
-        decided = 100.0 * (int(r["proven"]) + int(r["refuted"])) / n if n else 0.0  # type: ignore[arg-type]
-        lines.append(f"| `{r['model']}` | {r['t']} | {r['limit']:.0f} | {n} | {r['proven']} | {r['refuted']} | "
-                     f"{r['band']} | {r['unknown']} | {decided:.0f} | {r['median_s']:.2f} | {r['max_s']:.2f} |")
-    return "\n".join(lines)
+        n = int(r["n"])
+        decided = 100.0 * (int(r["proven"]) + int(r["refuted"])) / n if n else 0.0
+        lines.append([f"`{r['model']}`", r["t"], f"{r['limit']:.0f}", n, r["proven"], r["refuted"], r["band"],
+                      r["unknown"], f"{decided:.0f}", f"{r['median_s']:.2f}", f"{r['max_s']:.2f}"])
+    return markdown(["model", "t", "limit s", "n", "proven", "refuted", "band", "unknown", "decided %", "median s",
+                     "max s"], lines)
 
 
-def truth(rows: list[dict[str, object]], limit: float) -> list[dict[str, object]]:
+def truth(rows: list[dict[str, Any]], limit: float) -> list[dict[str, Any]]:
     """The inputs a saved run left undecided (unknown or band), through the engine again with
     ``limit`` seconds each: the covering search is complete, so given the time it tells how many
     of them are robust at t, and what the rows' proven share leaves out."""
-    out: list[dict[str, object]] = []
+    out: list[dict[str, Any]] = []
     for r in rows:
-        undecided = [int(i) for i, s in zip(r["inputs"], r["statuses"]) if s in ("unknown", "band")]  # type: ignore[call-overload]
+        undecided = [int(i) for i, s in zip(r["inputs"], r["statuses"]) if s in ("unknown", "band")]
         if not undecided:
             continue
         clf, pool = load(str(r["model"]))
         keep = np.flatnonzero(np.isin(pool.index, undecided))
-        statuses, secs, _ = run(clf, pool, keep, int(r["t"]), limit)  # type: ignore[call-overload]
+        statuses, secs, _ = run(clf, pool, keep, int(r["t"]), limit)
         row = {"model": r["model"], "t": r["t"], "limit": limit, "inputs": [int(i) for i in pool.index[keep]],
                "statuses": statuses, "seconds": secs}
         print(f"{r['model']} t={r['t']}, {len(keep)} undecided at {r['limit']:.0f} s, with {limit:.0f} s: "
@@ -139,15 +145,14 @@ def truth(rows: list[dict[str, object]], limit: float) -> list[dict[str, object]
     return out
 
 
-def truth_table(rows: list[dict[str, object]]) -> str:
-    lines = ["| model | t | limit s | undecided before | proven | refuted | band | unknown | seconds each |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def truth_table(rows: list[dict[str, Any]]) -> str:
+    lines = []
     for r in rows:
-        st: list[str] = r["statuses"]  # type: ignore[assignment]
-        secs = ", ".join(f"{x:.1f}" for x in r["seconds"])  # type: ignore[attr-defined]
-        lines.append(f"| `{r['model']}` | {r['t']} | {r['limit']:.0f} | {len(st)} | {st.count('proven')} | "
-                     f"{st.count('refuted')} | {st.count('band')} | {st.count('unknown')} | {secs} |")
-    return "\n".join(lines)
+        st: list[str] = r["statuses"]
+        lines.append([f"`{r['model']}`", r["t"], f"{r['limit']:.0f}", len(st), st.count("proven"), st.count("refuted"),
+                      st.count("band"), st.count("unknown"), ", ".join(f"{x:.1f}" for x in r["seconds"])])
+    return markdown(["model", "t", "limit s", "undecided before", "proven", "refuted", "band", "unknown",
+                     "seconds each"], lines)
 
 
 def main() -> None:

@@ -17,6 +17,12 @@ from l0tre_core.certify import boxes as bx
 from l0tre_core.certify.boxes import Boxes
 
 
+def random_blocks(x: np.ndarray, pixels: int, batch: int, rng: np.random.Generator) -> Boxes:
+    """``batch`` blocks of ``pixels`` random pixels of the MNIST image ``x``, each over [0, 1]."""
+    S = np.stack([rng.choice(784, pixels, replace=False) for _ in range(batch)])
+    return Boxes(S, np.minimum(-x[S], 0), np.maximum(1 - x[S], 0), np.zeros(batch, np.int64))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mnist_maxpool")
@@ -29,8 +35,7 @@ def main() -> None:
     prob = mnist_problem(net, x, 2)
     rng = np.random.default_rng(0)
     for batch in args.batches:
-        S = np.stack([rng.choice(784, args.pixels, replace=False) for _ in range(batch)])
-        blocks = Boxes(S, np.minimum(-x[S], 0), np.maximum(1 - x[S], 0), np.zeros(batch, np.int64))
+        blocks = random_blocks(x, args.pixels, batch, rng)
         bx.box_bounds(prob, blocks, ref, budget=2)  # warm-up: the network's caches
         reps = max(2, 256 // batch)
         started = time.perf_counter()

@@ -12,11 +12,11 @@ import argparse
 import time
 
 import numpy as np
+from certify_block_cost import random_blocks
 from certify_budget import mnist_problem, zoo_mnist
 
 from l0tre_core.certify import InputSet, certify, stem
 from l0tre_core.certify import boxes as bx
-from l0tre_core.certify.boxes import Boxes
 
 
 def blocks(name: str, sizes: list[int], batch: int, reps: int) -> None:
@@ -26,8 +26,7 @@ def blocks(name: str, sizes: list[int], batch: int, reps: int) -> None:
     print(f"{name}: the stem ends at node {stem.stem_end(prob, bx.BUDGET_ROWS)} (cut {net.cut})")
     rng = np.random.default_rng(0)
     for f in sizes:
-        S = np.stack([rng.choice(784, f, replace=False) for _ in range(batch)])
-        boxes = Boxes(S, np.minimum(-x[S], 0), np.maximum(1 - x[S], 0), np.zeros(batch, np.int64))
+        boxes = random_blocks(x, f, batch, rng)
         spent: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(reps):  # alternating, after one warm-up each
             for on in (False, True):

@@ -14,7 +14,7 @@ and so every bound, are the ones it computes in full (``tests/test_certify_stem.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -311,14 +311,14 @@ def pool_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, dlo: np.nd
     return out
 
 
-def owned(prob: "Problem", p: int, S: np.ndarray, real: np.ndarray, dev: ArrayBackend) -> tuple[np.ndarray, np.ndarray]:
-    """Each free scalar's cone at node ``p`` as neuron lists ``at [B, F, C]`` (padding: ``D_p``),
-    and which entries it owns ``[B, F, C]``: a neuron that several of a box's scalars reach
-    belongs to the first of them only (so a row over the box's cone is the sum of its owned parts)."""
-    idx, _ = cone_index(prob, p)  # type: ignore[misc]
-    d = prob.net.nodes[p].size
-    xp = dev.xp
-    at = np.where(real[:, :, None], dev.put(idx)[dev.put(prob.pixel)[S]], d)
+def owned(rows: ConeRows, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The free scalars' cone lists of ``rows`` with the padding scalars' emptied (``[B, F, C]``,
+    padding: ``D``), and which entries each scalar owns: a neuron that several of a box's scalars
+    reach belongs to the first of them only (so a row over the box's cone is the sum of its owned
+    parts)."""
+    xp = backend_of(rows.idx).xp
+    d = rows.size
+    at = np.where(real[:, :, None], rows.idx, d)
     b = at.shape[0]
     keys = (xp.arange(b)[:, None, None] * (d + 1) + at).reshape(-1)
     order = xp.argsort(keys, kind="stable")
@@ -329,22 +329,21 @@ def owned(prob: "Problem", p: int, S: np.ndarray, real: np.ndarray, dev: ArrayBa
 
 def conv_rows(prob: "Problem", j: int, rows: ConeRows, S: np.ndarray, real: np.ndarray, dev: ArrayBackend,
               through: np.ndarray, through_abs: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Node ``j``'s (a convolution of the stem node ``p`` before it) coefficient rows: each free
-    scalar's ``W cm`` and ``|W| cg`` over its cone (``cm``, ``cg``: the mid and half-gap of its
-    input coefficients, as ``boxes._forward`` forms them), and its cone lists; and ``W through``,
-    ``|W| through_abs`` for rows ``[B, R, D_p]`` that are zero outside the box's cone at ``p``
-    (differences from the clean box), each box's ``[B, R, D_j]``, by the same blocks: each part a
-    scalar owns (``owned``) goes through its block. Last, the box's cone at ``j`` (the union of
-    its scalars' cones, ``[B, D_j]``)."""
+    """Node ``j``'s (a convolution of the stem node ``p`` before it, whose rows are ``rows``)
+    coefficient rows: each free scalar's ``W cm`` and ``|W| cg`` over its cone (``cm``, ``cg``:
+    the mid and half-gap of its input coefficients, as ``boxes._forward`` forms them), and its cone
+    lists; and ``W through``, ``|W| through_abs`` for rows ``[B, R, D_p]`` that are zero outside
+    the box's cone at ``p`` (differences from the clean box), each box's ``[B, R, D_j]``, by the
+    same blocks: each part a scalar owns (``owned``) goes through its block. Last, the box's cone
+    at ``j`` (the union of its scalars' cones, ``[B, D_j]``)."""
     which, blocks, blocks_abs = conv_blocks(prob, j)  # type: ignore[misc]
     nd = prob.net.nodes[j]
-    p = nd.parents[0]
     idx, _ = cone_index(prob, j)  # type: ignore[misc]
     xp = dev.xp
     pix = dev.put(prob.pixel)[S]  # [B, F]
     b, f, c = rows.idx.shape
     d = nd.size
-    at_p, own = owned(prob, p, S, real, dev)
+    at_p, own = owned(rows, real)
 
     def parts(v: np.ndarray) -> np.ndarray:  # [B, R, D_p] -> each scalar's owned part [B*F, R, C]
         r = v.shape[1]
